@@ -246,6 +246,8 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
 
 def _check_skips(split: str, tally: Counter, max_skip_ratio: float) -> None:
     seen, kept = tally["seen"], tally["kept"]
+    if not seen:
+        return
     reasons = ", ".join(f"{r}: {tally[r]:,}" for r in SKIP_REASONS if tally[r]) or "none skipped"
     if tally["odd_byte_count"]:
         reasons += f"; {tally['odd_byte_count']:,} kept with an odd byte count, last byte dropped"

@@ -58,10 +58,10 @@ class SpeechBatcher:
             if len(labels) > MAX_LABEL_TOKENS:
                 too_long += 1
                 continue
-            kept.append({"audio": row["audio"]["array"], "labels": labels, "id": row["id"]})
-        batch = self.collator(kept) if kept else {}
+            kept.append({"audio": row["audio"]["array"], "labels": labels, "id": row["id"], "text": row["text"]})
+        batch = self.collator(kept) if kept else {"id": []}
+        batch["text"] = [row["text"] for row in kept]
         batch["num_too_long"] = too_long
-        batch["ids"] = [row["id"] for row in kept]
         return batch
 
 

@@ -1,0 +1,456 @@
+"""Fine-tune Whisper on KsponSpeech with a hand-written Accelerate loop.
+
+One H100, the whole corpus, streamed from AI Hub's ZIPs (bf16, gradient checkpointing; accelerate_config.yaml):
+
+    accelerate launch --config_file accelerate_config.yaml train_accelerate.py \\
+        --data_dir /data/KsponSpeech --output_dir runs/ko-large-v3 --max_steps 20000 \\
+        --push_to_hub --hub_model_id me/whisper-large-v3-ko
+
+Several GPUs: `--config_file configs/ddp_8gpu.yaml` (or configs/fsdp_8gpu.yaml). Every option can also come from a
+YAML/JSON file, with the command line taking precedence: `train_accelerate.py --config configs/demo.yaml --lr 1e-5`.
+
+Kill it at any time and continue exactly where it was: `--resume_from_checkpoint latest` (checkpoints are written
+atomically to OUTPUT_DIR/checkpoints every --save_every steps). Re-push a finished run: `--push_only`.
+The Hub token comes from `HF_TOKEN` or `hf auth login`, never from the command line.
+
+CPU demo on the embedded sample corpus (README command 1): `make demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
+
+from kspon_whisper.checkpoints import load_loop_state, resolve_checkpoint, save_checkpoint
+from kspon_whisper.collator import WhisperCollator
+from kspon_whisper.data import SpeechBatcher, load_kspon, make_dataloader, set_epoch
+from kspon_whisper.evaluation import evaluate, write_predictions
+from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
+from kspon_whisper.log_mel import LogMelSpectrogram
+from kspon_whisper.metrics import SCORING_NORMALIZATION
+
+logger = logging.getLogger("train_accelerate")
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model_name_or_path: str = "openai/whisper-large-v3"  # Hub id or local folder
+    attn_implementation: str = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (if installed)
+    gradient_checkpointing: bool = True  # recompute activations in backward: ~1/3 more compute, far less memory
+    freeze_encoder: bool = False  # train the decoder only
+    apply_spec_augment: bool = False  # SpecAugment time/feature masking on the log-mel input
+    mask_time_prob: float = 0.05  # fraction of frames masked when apply_spec_augment
+    mask_feature_prob: float = 0.0  # fraction of mel bins masked when apply_spec_augment
+    # data
+    data_dir: str | None = None  # folder holding the KsponSpeech ZIPs (or their extracted folders)
+    dataset_config: str = "spelling"  # transcript form: "spelling" or "phonetic"
+    split_scheme: str = "random"  # "random" (8:1:1 by id hash) or "official" (train.trn / dev.trn)
+    streaming: bool = True  # read straight from the ZIPs; False prepares Arrow files first (map-style)
+    num_workers: int = 4  # DataLoader worker processes per rank
+    log_mel_on_device: bool = False  # ship int16 audio and compute log-mel on the accelerator
+    # optimisation
+    per_device_batch_size: int = 16  # examples per micro-batch per process
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-5  # peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    lr_scheduler: str = "linear"  # decay after warmup: "linear" or "cosine"
+    warmup_steps: int = 500  # optimizer steps of linear warmup
+    max_steps: int = 0  # optimizer steps; 0 means derive from num_epochs (map-style data only)
+    num_epochs: float = 3.0  # passes over the training split when max_steps is 0
+    max_grad_norm: float = 1.0  # clip threshold; a non-finite norm skips the step
+    seed: int = 42  # seeds model init, data order and dropout; resume reproduces it exactly
+    # evaluation
+    eval_every: int = 1000  # optimizer steps between validation runs (0: only at the end)
+    max_eval_samples: int | None = 512  # validation samples per periodic eval; final evals use all
+    eval_before_training: bool = False  # score the validation split once before the first step
+    final_eval_splits: list[str] = field(default_factory=lambda: ["test", "eval_clean", "eval_other"])
+    num_beams: int = 1  # beam size for generation during evaluation
+    generation_max_new_tokens: int = 225  # cap on generated tokens per utterance
+    # logging and checkpoints
+    output_dir: str = "runs/whisper-ko"  # model, metrics, predictions, card, checkpoints, logs
+    log_every: int = 25  # optimizer steps between log lines
+    report_to: str = "tensorboard"  # Accelerate tracker: "tensorboard", "trackio", "wandb" or "none"
+    save_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
+    save_total_limit: int = 2  # complete checkpoints kept
+    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    # Hub
+    push_to_hub: bool = False  # push the final model (one atomic commit) and its card
+    hub_model_id: str | None = None  # "user/name" of the model repo
+    hub_private: bool = False  # create the repo private
+    push_only: bool = False  # skip training: push an existing output_dir
+
+    def __post_init__(self):
+        choices = {
+            "dataset_config": ("spelling", "phonetic"),
+            "split_scheme": ("random", "official"),
+            "lr_scheduler": ("linear", "cosine"),
+            "report_to": ("tensorboard", "trackio", "wandb", "none"),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--{name} {getattr(self, name)!r} is not one of {valid}.")
+        if self.data_dir is None and not self.push_only:
+            raise ValueError("--data_dir is required: the folder holding KsponSpeech_01.zip ... (see README).")
+        if (self.push_to_hub or self.push_only) and not self.hub_model_id:
+            raise ValueError("--push_to_hub/--push_only need --hub_model_id user/name.")
+        if self.streaming and self.max_steps <= 0:
+            raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Options from an optional --config YAML/JSON file, overridden by the command line."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(TrainConfig)
+    if known.config:
+        values = yaml.safe_load(Path(known.config).read_text()) or {}  # YAML is a superset of JSON
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise ValueError(f"{known.config}: unknown options {unknown}; see `train_accelerate.py --help`.")
+        parser.set_defaults(**values)
+    (config,) = parser.parse_args_into_dataclasses(rest)
+    return config
+
+
+def load_model(cfg: TrainConfig) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    processor = WhisperProcessor.from_pretrained(cfg.model_name_or_path)
+    processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
+    model = WhisperForConditionalGeneration.from_pretrained(
+        cfg.model_name_or_path, attn_implementation=cfg.attn_implementation
+    )
+    model.generation_config.language = "ko"
+    model.generation_config.task = "transcribe"
+    model.generation_config.forced_decoder_ids = None
+    model.config.forced_decoder_ids = None
+    model.config.use_cache = False  # the KV cache only helps generation; in training it holds memory for nothing
+    model.config.apply_spec_augment = cfg.apply_spec_augment
+    model.config.mask_time_prob = cfg.mask_time_prob
+    model.config.mask_feature_prob = cfg.mask_feature_prob
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.freeze_encoder:
+        model.model.encoder.requires_grad_(False)
+    return model, processor
+
+
+def training_step(accelerator, model, optimizer, scheduler, inputs: dict, weight: float, max_grad_norm: float):
+    """One micro-batch. Returns (loss, grad_norm, stepped); grad_norm is None until gradients are synced.
+
+    `weight` is 0 for the filler batch of a rank whose data ran out before the others' (see `ranked_batches`).
+    """
+    grad_norm, stepped = None, False
+    with accelerator.accumulate(model):
+        loss = model(**inputs).loss
+        accelerator.backward(loss * weight)
+        if accelerator.sync_gradients:
+            # The norm is computed after the gradient all-reduce, so every rank takes the same decision here.
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            stepped = bool(torch.isfinite(grad_norm))  # note: a CPU-GPU sync point, once per optimizer step
+            if stepped:
+                optimizer.step()
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), grad_norm, stepped
+
+
+def ranked_batches(accelerator: Accelerator, loader, after_first_fetch=None):
+    """Yield (batch, weight) until every rank has run out of data, with no example seen twice.
+
+    Ranks read different shards, so one can run out first. It then repeats its last batch with weight 0 so the
+    gradient all-reduce stays in step (unequal shards would otherwise hang), and the epoch ends when all are done.
+    Batches whose every row had too-long labels are folded into the next batch's `num_too_long`.
+    """
+    last, too_long, iterator = None, 0, iter(loader)
+    while True:
+        batch = next(iterator, None)
+        if after_first_fetch is not None:
+            after_first_fetch()
+            after_first_fetch = None
+        while batch is not None and not batch["id"]:
+            too_long += batch["num_too_long"]
+            batch = next(iterator, None)
+        if accelerator.num_processes > 1:
+            done = accelerator.reduce(torch.tensor(float(batch is None), device=accelerator.device))
+            if done.item() == accelerator.num_processes:  # a sync point per micro-batch; tiny next to the step
+                return
+        elif batch is None:
+            return
+        if batch is None and last is None:
+            raise RuntimeError(f"Rank {accelerator.process_index} has no training data: use fewer processes.")
+        if batch is None:
+            yield last, 0.0
+            continue
+        batch["num_too_long"] += too_long
+        too_long, last = 0, batch
+        yield batch, 1.0
+
+
+class Trainer:
+    """Holds what the loop shares; `fit` is the loop, the rest are its cadences."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator):
+        self.cfg, self.accelerator = cfg, accelerator
+        self.output_dir = Path(cfg.output_dir)
+        self.model, self.processor = load_model(cfg)
+        self.log_mel = LogMelSpectrogram(self.processor.feature_extractor).to(accelerator.device)
+        collator = WhisperCollator(
+            self.processor.feature_extractor,
+            decoder_start_token_id=self.model.config.decoder_start_token_id,
+            audio_mode="waveform" if cfg.log_mel_on_device else "features",
+        )
+        self.batcher = SpeechBatcher(self.processor, collator)
+        with accelerator.main_process_first():  # map-style data is prepared (and cached) once, by rank 0 first
+            self.splits = load_kspon(
+                cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
+            )
+        self.train_loader = self.loader("train", shuffle=True)
+        optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            fused=accelerator.device.type == "cuda",
+        )
+        self.max_steps = cfg.max_steps or self.steps_from_epochs()
+        # The scheduler is stepped once per optimizer step by hand (a prepared one steps num_processes times).
+        self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer, cfg.warmup_steps, self.max_steps)
+        self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.step, self.epoch, self.skipped_steps, self.too_long = 0, 0, 0, 0
+
+    def loader(self, split: str, shuffle: bool = False):
+        cfg, acc = self.cfg, self.accelerator
+        return make_dataloader(
+            self.splits[split],
+            self.batcher,
+            batch_size=cfg.per_device_batch_size,
+            num_workers=cfg.num_workers,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            seed=cfg.seed,
+            shuffle=shuffle,
+        )
+
+    def steps_from_epochs(self) -> int:
+        per_epoch = math.ceil(len(self.train_loader) / self.cfg.gradient_accumulation_steps)
+        return math.ceil(per_epoch * self.cfg.num_epochs)
+
+    def model_inputs(self, batch: dict) -> dict:
+        device = self.accelerator.device
+        if "input_audio" in batch:
+            features = self.log_mel(batch["input_audio"].to(device, non_blocking=True))
+        else:
+            features = batch["input_features"].to(device, non_blocking=True)
+        return {"input_features": features, "labels": batch["labels"].to(device, non_blocking=True)}
+
+    def describe(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        effective = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+        per_epoch = len(self.splits["train"]) if not cfg.streaming else "unknown (streaming)"
+        acc.print(
+            f"effective batch {effective} = {cfg.per_device_batch_size} per device x {cfg.gradient_accumulation_steps}"
+            f" accumulation x {acc.num_processes} processes | {self.max_steps:,} optimizer steps = "
+            f"{self.max_steps * effective:,} samples | samples per epoch {per_epoch} | mixed precision "
+            f"{acc.mixed_precision} | gradient checkpointing {cfg.gradient_checkpointing}"
+        )
+
+    def resume(self) -> dict | None:
+        checkpoint = resolve_checkpoint(self.cfg.resume_from_checkpoint, self.output_dir / "checkpoints")
+        if checkpoint is None:
+            self.accelerator.print("No complete checkpoint to resume from; starting fresh.")
+            return None
+        self.accelerator.load_state(str(checkpoint))
+        state = load_loop_state(checkpoint, self.accelerator.process_index)
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.skipped_steps, self.too_long = state["skipped_steps"], state["too_long"]
+        self.accelerator.print(f"Resumed from {checkpoint} at step {self.step}, epoch {self.epoch}.")
+        return state["dataloader"]
+
+    def fit(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        loader_state = self.resume() if cfg.resume_from_checkpoint else None
+        rng_after_load = capture_rng() if loader_state is not None else None
+        if cfg.eval_before_training and self.step == 0:
+            self.evaluate_and_log("validation", cfg.max_eval_samples)
+        bar = tqdm(total=self.max_steps, initial=self.step, desc="train", disable=not acc.is_local_main_process)
+        window = {"loss": 0.0, "micro": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
+        while self.step < self.max_steps:
+            set_epoch(self.train_loader, self.epoch, cfg.seed)
+            if loader_state is not None:
+                self.train_loader.load_state_dict(loader_state)
+                loader_state = None
+            # Creating the iterator and fetching from it consume RNG; on resume, put the saved state back after.
+            restore = (lambda state=rng_after_load: restore_rng(state)) if rng_after_load is not None else None
+            rng_after_load = None
+            for batch, weight in ranked_batches(acc, self.train_loader, after_first_fetch=restore):
+                self.too_long += batch["num_too_long"] * (weight > 0)
+                loss, grad_norm, stepped = training_step(
+                    acc, self.model, self.optimizer, self.scheduler, self.model_inputs(batch), weight, cfg.max_grad_norm
+                )
+                window["loss"] += loss * weight
+                window["micro"] += weight
+                window["samples"] += len(batch["id"]) * weight
+                if grad_norm is None:
+                    continue
+                self.step += 1
+                self.skipped_steps += not stepped
+                window["grad_norm"] = grad_norm
+                bar.update(1)
+                self.on_step_end(window)
+                if self.step >= self.max_steps:
+                    break
+            else:
+                self.epoch += 1
+        bar.close()
+
+    def on_step_end(self, window: dict) -> None:
+        cfg, last_step = self.cfg, self.step == self.max_steps
+        if self.step % cfg.log_every == 0 or last_step:
+            self.log_window(window)
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
+            self.evaluate_and_log("validation", cfg.max_eval_samples)
+        if (cfg.save_every and self.step % cfg.save_every == 0) or last_step:
+            self.save_checkpoint()
+
+    def log_window(self, window: dict) -> None:
+        acc = self.accelerator
+        elapsed = time.perf_counter() - window["start"]
+        totals = acc.reduce(torch.tensor([float(window["loss"]), window["micro"], window["samples"]], device=acc.device))
+        loss_sum, micro, samples = totals.tolist()
+        values = {
+            "loss": loss_sum / max(micro, 1),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(window["grad_norm"]),
+            "samples_per_s": samples / elapsed,
+            "epoch": self.epoch,
+            "skipped_steps": self.skipped_steps,
+        }
+        acc.print(
+            f"step {self.step} | loss {values['loss']:.4f} | lr {values['lr']:.3g} | grad_norm "
+            f"{values['grad_norm']:.3g} | {values['samples_per_s']:.1f} samples/s | skipped {self.skipped_steps}"
+        )
+        acc.log(values, step=self.step)
+        window.update(loss=0.0, micro=0, samples=0, start=time.perf_counter())
+
+    def evaluate_and_log(self, split: str, max_samples: int | None = None) -> dict[str, float]:
+        metrics, records = evaluate(
+            self.accelerator,
+            self.model,
+            self.loader(split),
+            self.processor,
+            self.model_inputs,
+            num_beams=self.cfg.num_beams,
+            max_new_tokens=self.cfg.generation_max_new_tokens,
+            max_samples=max_samples,
+            desc=f"eval {split}",
+        )
+        self.accelerator.print(
+            f"eval {split} @ step {self.step} | cer {metrics['cer']:.4f} | wer {metrics['wer']:.4f} | "
+            f"space_free_cer {metrics['cer_nospace']:.4f} | {metrics['num_scored']} utterances"
+        )
+        self.accelerator.log({f"{split}/{k}": v for k, v in metrics.items()}, step=self.step)
+        return metrics | {"records": records}
+
+    def save_checkpoint(self) -> None:
+        loop_state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "skipped_steps": self.skipped_steps,
+            "too_long": self.too_long,
+            "dataloader": self.train_loader.state_dict(),
+        }
+        path = save_checkpoint(
+            self.accelerator, self.output_dir / "checkpoints", self.step, loop_state, self.cfg.save_total_limit
+        )
+        self.accelerator.print(f"saved checkpoint {path}")
+
+    def finish(self) -> None:
+        """Save the model locally first, then evaluate every held-out split, then write the card (and push)."""
+        acc, cfg = self.accelerator, self.cfg
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save_pretrained(self.output_dir, safe_serialization=True)
+            self.processor.save_pretrained(self.output_dir)
+        results = {}
+        for split in ["validation", *cfg.final_eval_splits]:
+            if split in self.splits:
+                results[split] = self.evaluate_and_log(split)
+                if acc.is_main_process:
+                    write_predictions(self.output_dir / f"predictions_{split}.jsonl", results[split].pop("records"))
+        if acc.is_main_process:
+            summary = {"step": self.step, "skipped_steps": self.skipped_steps, "labels_too_long": self.too_long}
+            (self.output_dir / "metrics.json").write_text(json.dumps(results | {"train": summary}, indent=2))
+            write_model_card(
+                self.output_dir,
+                hub_model_id=cfg.hub_model_id,
+                base_model=cfg.model_name_or_path,
+                metrics={split: {k: m[k] for k in ("cer", "wer", "cer_nospace")} for split, m in results.items()},
+                hyperparameters=dataclasses.asdict(cfg),
+                scoring_normalization=SCORING_NORMALIZATION,
+                dataset_config=cfg.dataset_config,
+            )
+            if cfg.push_to_hub:
+                acc.print(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
+        acc.end_training()
+
+
+def capture_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if cfg.push_only:
+        print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
+        return
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=f"{cfg.output_dir}/logs"),
+    )
+    if cfg.push_to_hub and accelerator.is_main_process:
+        accelerator.print(f"Hub: logged in as {check_hub_access(cfg.hub_model_id)}, will push to {cfg.hub_model_id}")
+    set_seed(cfg.seed)  # before anything random is built: model init, data order, dropout
+    trainer = Trainer(cfg, accelerator)
+    accelerator.init_trackers("kspon-whisper", config=_scalars(dataclasses.asdict(cfg)))
+    trainer.describe()
+    trainer.fit()
+    trainer.finish()
+
+
+def _scalars(values: dict) -> dict:
+    """Tracker configs (tensorboard hparams) take only scalars."""
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in values.items()}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
