@@ -302,7 +302,13 @@ class Trainer:
             for batch, weight in ranked_batches(acc, self.train_loader, after_first_fetch=restore):
                 self.too_long += batch["num_too_long"] * (weight > 0)
                 loss, grad_norm, stepped = training_step(
-                    acc, self.model, self.optimizer, self.scheduler, self.model_inputs(batch), weight, cfg.max_grad_norm
+                    acc,
+                    self.model,
+                    self.optimizer,
+                    self.scheduler,
+                    self.model_inputs(batch),
+                    weight,
+                    cfg.max_grad_norm,
                 )
                 window["loss"] += loss * weight
                 window["micro"] += weight
@@ -332,7 +338,9 @@ class Trainer:
     def log_window(self, window: dict) -> None:
         acc = self.accelerator
         elapsed = time.perf_counter() - window["start"]
-        totals = acc.reduce(torch.tensor([float(window["loss"]), window["micro"], window["samples"]], device=acc.device))
+        totals = acc.reduce(
+            torch.tensor([float(window["loss"]), window["micro"], window["samples"]], device=acc.device)
+        )
         loss_sum, micro, samples = totals.tolist()
         values = {
             "loss": loss_sum / max(micro, 1),

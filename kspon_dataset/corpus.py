@@ -266,4 +266,6 @@ def read_script_ids(scripts_source: str, filename: str) -> list[str]:
             f"{HOMEPAGE}; use split_scheme='random' without it."
         )
     text = read_member(member).decode("utf-8-sig")
-    return [line.split("::", 1)[0].strip().rpartition("/")[2].removesuffix(".pcm") for line in text.splitlines() if line]
+    return [
+        line.split("::", 1)[0].strip().rpartition("/")[2].removesuffix(".pcm") for line in text.splitlines() if line
+    ]

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import datasets
 
@@ -77,6 +78,10 @@ _TRANSCRIPT_FORMS = {
 _SPLIT_SCHEMES = ("random", "official")
 _VERSION = "1.0.0"
 
+# Below this many utterances one bad file already exceeds 1 %, so the ratio check waits for this many; the counts
+# are logged either way.
+MIN_UTTERANCES_FOR_SKIP_CHECK = 1_000
+
 logger = datasets.logging.get_logger(__name__)
 
 
@@ -91,6 +96,10 @@ class KsponSpeechConfig(datasets.BuilderConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.validate()
+
+    def validate(self) -> None:
+        # Also called from _split_generators: load_dataset's keywords are set on a copy, bypassing __post_init__.
         if self.name not in _TRANSCRIPT_FORMS:
             raise ValueError(f"Unknown config {self.name!r}: choose one of {sorted(_TRANSCRIPT_FORMS)}.")
         if self.split_scheme not in _SPLIT_SCHEMES:
@@ -106,7 +115,7 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
 
     VERSION = datasets.Version(_VERSION)
     BUILDER_CONFIG_CLASS = KsponSpeechConfig
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list[KsponSpeechConfig]] = [
         KsponSpeechConfig(name=name, version=_VERSION, description=text) for name, text in _TRANSCRIPT_FORMS.items()
     ]
     DEFAULT_CONFIG_NAME = "spelling"
@@ -135,6 +144,7 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        self.config.validate()
         data_dir = self.config.data_dir or dl_manager.manual_dir
         if not data_dir or not os.path.isdir(os.path.expanduser(data_dir)):
             raise FileNotFoundError(missing_data_dir_message(data_dir, self.config.name))
@@ -225,11 +235,18 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
         return lambda uid: True  # official train: its shards are exactly the folders train.trn lists
 
     def _report(self, split: str, tally: Counter, report_dir: str | None) -> None:
-        """Log this generator's counts; with a report_dir (prepared mode), leave them for the split-level check."""
+        """Prepared mode: leave the counts in report_dir for the split-level check in `_prepare_split`.
+
+        Streaming calls the generator once per shard and has no end of split, so the counts accumulate per process
+        and the check runs on the running total.
+        """
         if report_dir is not None:
             Path(report_dir, f"{uuid.uuid4().hex}.json").write_text(json.dumps(tally))
             return
-        _check_skips(split, tally, self.config.max_skip_ratio)
+        running = self.__dict__.setdefault("_streamed", {}).setdefault(split, Counter())
+        running.update(tally)
+        quiet = not _lost(tally)  # one line per shard would flood the log; speak up only when data was lost
+        _check_skips(f"{split} (streamed so far)", running, self.config.max_skip_ratio, quiet=quiet)
 
     def _prepare_split(self, split_generator: datasets.SplitGenerator, **kwargs) -> None:
         # Workers of `num_proc` each see part of a split; they leave their counts in report_dir so the split's
@@ -244,16 +261,20 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
         _check_skips(split_generator.name, tally, self.config.max_skip_ratio)
 
 
-def _check_skips(split: str, tally: Counter, max_skip_ratio: float) -> None:
+def _lost(tally: Counter) -> int:
+    return sum(tally[r] for r in SKIP_REASONS if r not in DURATION_REASONS)
+
+
+def _check_skips(split: str, tally: Counter, max_skip_ratio: float, quiet: bool = False) -> None:
     seen, kept = tally["seen"], tally["kept"]
     if not seen:
         return
     reasons = ", ".join(f"{r}: {tally[r]:,}" for r in SKIP_REASONS if tally[r]) or "none skipped"
     if tally["odd_byte_count"]:
         reasons += f"; {tally['odd_byte_count']:,} kept with an odd byte count, last byte dropped"
-    logger.warning(f"{split}: kept {kept:,} of {seen:,} utterances ({reasons})")
-    lost = sum(tally[r] for r in SKIP_REASONS if r not in DURATION_REASONS)
-    if seen and lost / seen > max_skip_ratio:
+    (logger.info if quiet else logger.warning)(f"{split}: kept {kept:,} of {seen:,} utterances ({reasons})")
+    lost = _lost(tally)
+    if seen >= MIN_UTTERANCES_FOR_SKIP_CHECK and lost / seen > max_skip_ratio:
         raise ValueError(
             f"{split}: {lost:,} of {seen:,} utterances ({lost / seen:.1%}) were unreadable or unusable ({reasons}), "
             f"more than max_skip_ratio={max_skip_ratio:.1%}. Check the download (re-download any archive named in "

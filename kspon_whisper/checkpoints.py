@@ -51,7 +51,9 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state:
 def _verify(checkpoint: Path, num_processes: int) -> None:
     expected = ["optimizer.bin", *(f"random_states_{r}.pkl" for r in range(num_processes))]
     expected += [loop_state_file(checkpoint, r).name for r in range(num_processes)]
-    missing = [name for name in expected if not (checkpoint / name).is_file() or (checkpoint / name).stat().st_size == 0]
+    missing = [
+        name for name in expected if not (checkpoint / name).is_file() or (checkpoint / name).stat().st_size == 0
+    ]
     if not any(checkpoint.glob("model*.safetensors")) and not any(checkpoint.glob("pytorch_model*.bin")):
         missing.append("model.safetensors")
     if missing:
@@ -83,7 +85,9 @@ def resolve_checkpoint(resume_from: str, root: Path) -> Path | None:
         return path
     complete = complete_checkpoints(root)
     newer_incomplete = [
-        p for p in root.glob(f"*{PREFIX}*") if not (p / MARKER).is_file() and (not complete or p.name > complete[-1].name)
+        p
+        for p in root.glob(f"*{PREFIX}*")
+        if not (p / MARKER).is_file() and (not complete or p.name > complete[-1].name)
     ]
     if newer_incomplete:
         fallback = complete[-1] if complete else "a fresh start"

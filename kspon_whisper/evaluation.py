@@ -38,7 +38,11 @@ def evaluate(
             continue
         with accelerator.autocast():
             tokens = unwrapped.generate(
-                **model_inputs(batch), language="ko", task="transcribe", num_beams=num_beams, max_new_tokens=max_new_tokens
+                **model_inputs(batch),
+                language="ko",
+                task="transcribe",
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
             )
         hypotheses = processor.batch_decode(tokens, skip_special_tokens=True)
         records += [

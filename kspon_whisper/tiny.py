@@ -1,56 +1,68 @@
-"""Tiny randomly initialised Whisper checkpoints for fast tests and benchmarks, built from a config (no download).
+"""Randomly initialised Whisper checkpoints built from a config (no download), for tests and benchmarks.
 
 The tokenizer and feature extractor come from a real Whisper processor, so labels, prompts and log-mel inputs are
-exactly those of the real model; only the network is small and random.
+exactly those of the real model; only the network is random.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-# Released architectures, for benchmarks that build a model of the right size without downloading it.
-ARCHITECTURES = {
-    "tiny": dict(d_model=384, encoder_layers=4, decoder_layers=4, heads=6, ffn=1536, mels=80, vocab=51865),
-    "small": dict(d_model=768, encoder_layers=12, decoder_layers=12, heads=12, ffn=3072, mels=80, vocab=51865),
-    "large-v3": dict(d_model=1280, encoder_layers=32, decoder_layers=32, heads=20, ffn=5120, mels=128, vocab=51866),
-    "large-v3-turbo": dict(d_model=1280, encoder_layers=32, decoder_layers=4, heads=20, ffn=5120, mels=128, vocab=51866),
-    "test": dict(d_model=32, encoder_layers=1, decoder_layers=1, heads=2, ffn=64, mels=80, vocab=51865),
+
+@dataclass(frozen=True)
+class Architecture:
+    d_model: int
+    encoder_layers: int
+    decoder_layers: int
+    heads: int
+    ffn_dim: int
+    num_mel_bins: int
+    vocab_size: int
+
+
+ARCHITECTURES = {  # the released sizes, plus "test": two tiny layers for unit tests
+    #                              d_model enc dec heads  ffn  mels  vocab
+    "tiny": Architecture(384, 4, 4, 6, 1536, 80, 51865),
+    "small": Architecture(768, 12, 12, 12, 3072, 80, 51865),
+    "large-v3": Architecture(1280, 32, 32, 20, 5120, 128, 51866),
+    "large-v3-turbo": Architecture(1280, 32, 4, 20, 5120, 128, 51866),
+    "test": Architecture(32, 1, 1, 2, 64, 80, 51865),
 }
 
 
 def whisper_config(name: str, **overrides) -> WhisperConfig:
     if name not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}.")
-    a = ARCHITECTURES[name]
-    values = dict(
-        d_model=a["d_model"],
-        encoder_layers=a["encoder_layers"],
-        decoder_layers=a["decoder_layers"],
-        encoder_attention_heads=a["heads"],
-        decoder_attention_heads=a["heads"],
-        encoder_ffn_dim=a["ffn"],
-        decoder_ffn_dim=a["ffn"],
-        num_mel_bins=a["mels"],
-        vocab_size=a["vocab"],
+    arch = ARCHITECTURES[name]
+    return WhisperConfig(
+        d_model=arch.d_model,
+        encoder_layers=arch.encoder_layers,
+        decoder_layers=arch.decoder_layers,
+        encoder_attention_heads=arch.heads,
+        decoder_attention_heads=arch.heads,
+        encoder_ffn_dim=arch.ffn_dim,
+        decoder_ffn_dim=arch.ffn_dim,
+        num_mel_bins=arch.num_mel_bins,
+        vocab_size=arch.vocab_size,
         max_source_positions=1500,
         max_target_positions=448,
         decoder_start_token_id=50258,
         pad_token_id=50257,
         bos_token_id=50257,
         eos_token_id=50257,
+        **overrides,
     )
-    return WhisperConfig(**(values | overrides))
 
 
 def save_random_whisper(name: str, processor_dir: str | Path, output_dir: str | Path, seed: int = 0) -> Path:
     """A random `name`-sized Whisper saved with the processor and generation config of `processor_dir`."""
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(whisper_config(name))
-    processor = WhisperProcessor.from_pretrained(processor_dir)
-    model.generation_config = type(model.generation_config).from_pretrained(processor_dir)
+    model.generation_config = GenerationConfig.from_pretrained(processor_dir)
     model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    WhisperProcessor.from_pretrained(processor_dir).save_pretrained(output_dir)
     return Path(output_dir)

@@ -1,0 +1,83 @@
+"""Whisper's log-mel spectrogram as a batched torch module, so features can be computed on the accelerator.
+
+`WhisperFeatureExtractor` runs its STFT on the host, inside DataLoader workers; on a 2-core host that is the
+bottleneck. With `WhisperCollator(audio_mode="waveform")` the loader ships raw 16 kHz audio instead and this module
+turns it into the exact `input_features` the extractor would have produced:
+
+    log_mel = LogMelSpectrogram(feature_extractor).to(accelerator.device)
+    input_features = log_mel(batch.pop("input_audio"))
+"""
+
+import torch
+from transformers import WhisperFeatureExtractor
+
+_INT16_SCALE = 32768.0  # int16 PCM full scale, maps to [-1, 1) like soundfile/librosa do
+_LOG_FLOOR = 1e-10  # Whisper clamps mel power here before log10
+_DYNAMIC_RANGE = 8.0  # log10 units (80 dB) kept below each example's peak
+
+
+class LogMelSpectrogram(torch.nn.Module):
+    """Batched equivalent of `WhisperFeatureExtractor.__call__` for 16 kHz mono audio.
+
+    Audio of any length is zero-padded or truncated to the extractor's 30 s window before the STFT, as the extractor
+    does, so `forward` returns (batch, n_mels, 3000) float32 whatever the input length or dtype. Keep the module out
+    of `model.half()` / `.to(torch.bfloat16)`: that would round its mel filters, which `forward` cannot undo.
+    """
+
+    def __init__(self, feature_extractor: WhisperFeatureExtractor) -> None:
+        super().__init__()
+        if feature_extractor.dither != 0.0:
+            raise ValueError(
+                f"feature_extractor.dither is {feature_extractor.dither}; LogMelSpectrogram mirrors only the "
+                "deterministic extractor (dither=0.0, the setting of every released Whisper checkpoint). "
+                "Set feature_extractor.dither = 0.0 or compute features with the extractor itself."
+            )
+        self.n_fft: int = feature_extractor.n_fft
+        self.hop_length: int = feature_extractor.hop_length
+        self.n_samples: int = feature_extractor.n_samples
+        self.n_mels: int = feature_extractor.feature_size
+        # Non-persistent: these are derived from the extractor, so they must not end up in model checkpoints.
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        mel_filters = torch.as_tensor(feature_extractor.mel_filters, dtype=torch.float32).T.contiguous()
+        self.register_buffer("mel_filters", mel_filters, persistent=False)  # (n_mels, n_fft // 2 + 1)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """Map (batch, samples) int16 or float audio to (batch, n_mels, 3000) float32 log-mel features."""
+        if audio.dim() != 2:
+            raise ValueError(f"audio must be (batch, samples) mono, got shape {tuple(audio.shape)}.")
+        # bf16/fp16 STFT and log10 lose the low-energy bins (the 80 dB floor sits ~8 decades below the peak), so the
+        # whole computation stays in float32 even when the training step runs under autocast.
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            waveform = self._pad_or_trim(_to_float32(audio))
+            stft = torch.stft(
+                waveform,
+                self.n_fft,
+                self.hop_length,
+                window=self.window.float(),
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
+            # The extractor drops the last frame: 480000 / 160 + 1 frames -> 3000.
+            power = torch.view_as_real(stft[..., :-1]).square().sum(-1)
+            mel = self.mel_filters.float() @ power
+            log_spec = mel.clamp_min(_LOG_FLOOR).log10()
+            peak = log_spec.amax(dim=(1, 2), keepdim=True)
+            log_spec = torch.maximum(log_spec, peak - _DYNAMIC_RANGE)
+            return (log_spec + 4.0) / 4.0
+
+    def _pad_or_trim(self, waveform: torch.Tensor) -> torch.Tensor:
+        # Padding happens before the STFT (not on the spectrogram) because the extractor's reflect padding at the
+        # end of the window then sees zeros, and the per-example peak includes the padded frames.
+        length = waveform.shape[-1]
+        if length >= self.n_samples:
+            return waveform[:, : self.n_samples]
+        return torch.nn.functional.pad(waveform, (0, self.n_samples - length))
+
+
+def _to_float32(audio: torch.Tensor) -> torch.Tensor:
+    if audio.dtype == torch.int16:
+        return audio.float() / _INT16_SCALE
+    if audio.is_floating_point():
+        return audio.float()
+    raise TypeError(f"audio dtype must be int16 or floating point, got {audio.dtype}; convert PCM to int16 first.")
