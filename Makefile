@@ -14,7 +14,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python demo.py
+	$(BIN)/python -m kspon_whisper.convert_ct2 --output_dir models/whisper-base
+	$(BIN)/accelerate launch --config_file configs/cpu.yaml train_accelerate.py --config configs/demo.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
