@@ -38,24 +38,24 @@ def whisper_config(name: str, **overrides) -> WhisperConfig:
     if name not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}.")
     arch = ARCHITECTURES[name]
-    return WhisperConfig(
-        d_model=arch.d_model,
-        encoder_layers=arch.encoder_layers,
-        decoder_layers=arch.decoder_layers,
-        encoder_attention_heads=arch.heads,
-        decoder_attention_heads=arch.heads,
-        encoder_ffn_dim=arch.ffn_dim,
-        decoder_ffn_dim=arch.ffn_dim,
-        num_mel_bins=arch.num_mel_bins,
-        vocab_size=arch.vocab_size,
-        max_source_positions=1500,
-        max_target_positions=448,
-        decoder_start_token_id=50258,
-        pad_token_id=50257,
-        bos_token_id=50257,
-        eos_token_id=50257,
-        **overrides,
-    )
+    values = {
+        "d_model": arch.d_model,
+        "encoder_layers": arch.encoder_layers,
+        "decoder_layers": arch.decoder_layers,
+        "encoder_attention_heads": arch.heads,
+        "decoder_attention_heads": arch.heads,
+        "encoder_ffn_dim": arch.ffn_dim,
+        "decoder_ffn_dim": arch.ffn_dim,
+        "num_mel_bins": arch.num_mel_bins,
+        "vocab_size": arch.vocab_size,
+        "max_source_positions": 1500,
+        "max_target_positions": 448,
+        "decoder_start_token_id": 50258,
+        "pad_token_id": 50257,
+        "bos_token_id": 50257,
+        "eos_token_id": 50257,
+    }
+    return WhisperConfig(**(values | overrides))
 
 
 def save_random_whisper(name: str, processor_dir: str | Path, output_dir: str | Path, seed: int = 0) -> Path:
