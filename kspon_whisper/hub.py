@@ -33,6 +33,8 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 
+from kspon_dataset.kspon_dataset import _CITATION as KSPON_CITATION
+
 logger = logging.getLogger("kspon_whisper.hub")
 
 T = TypeVar("T")
@@ -205,17 +207,7 @@ $versions_table
 ## Citation
 
 ```bibtex
-@article{bang2020ksponspeech,
-  title   = {KsponSpeech: Korean Spontaneous Speech Corpus for Automatic Speech Recognition},
-  author  = {Bang, Jeong-Uk and Yun, Seung and Kim, Seung-Hi and Choi, Mu-Yeol and Lee, Min-Kyu and
-             Kim, Yeo-Jeong and Kim, Dong-Hyun and Park, Jun and Lee, Young-Jik and Kim, Sang-Hun},
-  journal = {Applied Sciences},
-  volume  = {10},
-  number  = {19},
-  pages   = {6936},
-  year    = {2020},
-  doi     = {10.3390/app10196936}
-}
+$kspon_citation
 
 @misc{radford2022whisper,
   title         = {Robust Speech Recognition via Large-Scale Weak Supervision},
@@ -281,6 +273,7 @@ def write_model_card(
         transcript_choice=_TRANSCRIPT_CHOICE[dataset_config],
         hyperparameters_table=_markdown_table(("Hyperparameter", "Value"), _public_hyperparameters(hyperparameters)),
         versions_table=_markdown_table(("Library", "Version"), [(name, _version(name)) for name in _FRAMEWORKS]),
+        kspon_citation=KSPON_CITATION.strip(),
     )
     path = output_dir / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
