@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -90,6 +91,7 @@ class TrainConfig:
     save_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
     save_total_limit: int = 2  # complete checkpoints kept
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    audit_dir: str | None = None  # write each rank's trained ids per epoch and final parameter digest here (tests)
     # Hub
     push_to_hub: bool = False  # push the final model (one atomic commit) and its card
     hub_model_id: str | None = None  # "user/name" of the model repo
@@ -136,6 +138,13 @@ def load_model(cfg: TrainConfig) -> tuple[WhisperForConditionalGeneration, Whisp
     model = WhisperForConditionalGeneration.from_pretrained(
         cfg.model_name_or_path, attn_implementation=cfg.attn_implementation
     )
+    configure_model(model, cfg)
+    return model, processor
+
+
+def configure_model(model: WhisperForConditionalGeneration, cfg: TrainConfig) -> None:
+    """Korean transcription, and the training options of `cfg`, for a loaded or freshly built model."""
+    model.train()  # from_pretrained returns eval mode, which silently turns off dropout, SpecAugment and checkpointing
     model.generation_config.language = "ko"
     model.generation_config.task = "transcribe"
     model.generation_config.forced_decoder_ids = None
@@ -148,7 +157,6 @@ def load_model(cfg: TrainConfig) -> tuple[WhisperForConditionalGeneration, Whisp
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.freeze_encoder:
         model.model.encoder.requires_grad_(False)
-    return model, processor
 
 
 def training_step(accelerator, model, optimizer, scheduler, inputs: dict, weight: float, max_grad_norm: float):
@@ -234,6 +242,7 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
         self.step, self.epoch, self.skipped_steps, self.too_long = 0, 0, 0, 0
+        self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with audit_dir
 
     def loader(self, split: str, shuffle: bool = False):
         cfg, acc = self.cfg, self.accelerator
@@ -249,7 +258,11 @@ class Trainer:
         )
 
     def steps_from_epochs(self) -> int:
-        per_epoch = math.ceil(len(self.train_loader) / self.cfg.gradient_accumulation_steps)
+        # Ranks can hold one example more than others, and an epoch lasts as long as the longest rank (see
+        # `ranked_batches`); every rank must agree on max_steps, or the schedules differ and the last reduce hangs.
+        batches = torch.tensor(len(self.train_loader), device=self.accelerator.device)
+        batches = int(self.accelerator.reduce(batches, reduction="max"))
+        per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)
         return math.ceil(per_epoch * self.cfg.num_epochs)
 
     def model_inputs(self, batch: dict) -> dict:
@@ -276,8 +289,8 @@ class Trainer:
         if checkpoint is None:
             self.accelerator.print("No complete checkpoint to resume from; starting fresh.")
             return None
+        state = load_loop_state(checkpoint, self.accelerator.process_index, self.accelerator.num_processes)
         self.accelerator.load_state(str(checkpoint))
-        state = load_loop_state(checkpoint, self.accelerator.process_index)
         self.step, self.epoch = state["step"], state["epoch"]
         self.skipped_steps, self.too_long = state["skipped_steps"], state["too_long"]
         self.accelerator.print(f"Resumed from {checkpoint} at step {self.step}, epoch {self.epoch}.")
@@ -301,6 +314,8 @@ class Trainer:
             rng_after_load = None
             for batch, weight in ranked_batches(acc, self.train_loader, after_first_fetch=restore):
                 self.too_long += batch["num_too_long"] * (weight > 0)
+                if cfg.audit_dir and weight:
+                    self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
                 loss, grad_norm, stepped = training_step(
                     acc,
                     self.model,
@@ -325,6 +340,18 @@ class Trainer:
             else:
                 self.epoch += 1
         bar.close()
+        if cfg.audit_dir:
+            self.write_audit(Path(cfg.audit_dir))
+
+    def write_audit(self, audit_dir: Path) -> None:
+        """What this rank trained on and where it ended: the two-process test checks sharding and DDP sync."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.accelerator.unwrap_model(self.model).state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        audit_dir.mkdir(parents=True, exist_ok=True)
+        record = {"rank": self.accelerator.process_index, "ids": self.trained_ids, "params_sha256": digest.hexdigest()}
+        (audit_dir / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(record))
 
     def on_step_end(self, window: dict) -> None:
         cfg, last_step = self.cfg, self.step == self.max_steps
@@ -416,6 +443,9 @@ class Trainer:
             )
             if cfg.push_to_hub:
                 acc.print(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
+        # With gloo, tearing the process group down while its worker thread still frees the last gather's tensors
+        # deadlocks at exit (about 1 run in 5 on CPU); waiting here lets that thread finish first.
+        acc.wait_for_everyone()
         acc.end_training()
 
 

@@ -84,10 +84,10 @@ def resolve_checkpoint(resume_from: str, root: Path) -> Path | None:
             )
         return path
     complete = complete_checkpoints(root)
-    newer_incomplete = [
+    newer_incomplete = [  # compared by step, so a save cut short in `.tmp-step_…` counts as newer too
         p
         for p in root.glob(f"*{PREFIX}*")
-        if not (p / MARKER).is_file() and (not complete or p.name > complete[-1].name)
+        if not (p / MARKER).is_file() and (not complete or _step_name(p) > complete[-1].name)
     ]
     if newer_incomplete:
         fallback = complete[-1] if complete else "a fresh start"
@@ -95,5 +95,16 @@ def resolve_checkpoint(resume_from: str, root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_loop_state(checkpoint: Path, rank: int) -> dict:
+def _step_name(path: Path) -> str:
+    return path.name[path.name.index(PREFIX) :]
+
+
+def load_loop_state(checkpoint: Path, rank: int, num_processes: int) -> dict:
+    """This rank's loop state. Each rank saved its own data position, so the process count must be the same."""
+    written_by = json.loads((checkpoint / MARKER).read_text())["num_processes"]
+    if written_by != num_processes:
+        raise ValueError(
+            f"{checkpoint} was written by {written_by} processes and holds one data position per process; resume it "
+            f"with {written_by} processes (not {num_processes}), or start a new run from its weights."
+        )
     return torch.load(loop_state_file(checkpoint, rank), weights_only=False)

@@ -1,0 +1,143 @@
+"""Atomic checkpoints: rotation only after a complete save, verification, and the fallback past incomplete ones."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from kspon_whisper.checkpoints import (
+    MARKER,
+    complete_checkpoints,
+    load_loop_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+
+
+@dataclass
+class Prepared:
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def train_once(self) -> None:
+        self.accelerator.backward(self.model(torch.randn(2, 4)).sum())
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+
+@pytest.fixture
+def run():
+    """A real single-process Accelerator with a small prepared model and optimizer (so save_state writes them)."""
+    acc = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 3)
+    yield Prepared(acc, *acc.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3)))
+    # Accelerate keeps its state in process-wide singletons; leave none behind for the next test.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def names(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints(run, tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in range(1, 5):
+        run.train_once()
+        path = save_checkpoint(run.accelerator, root, step, {"step": step}, total_limit=2)
+        assert (path / MARKER).is_file()
+    assert names(complete_checkpoints(root)) == ["step_00000003", "step_00000004"]
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000003", "step_00000004"]  # no temporary left over
+    assert load_loop_state(root / "step_00000004", rank=0, num_processes=1) == {"step": 4}
+
+
+def test_resuming_with_another_process_count_is_refused(run, tmp_path):
+    root = tmp_path / "checkpoints"
+    path = save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=2)
+    with pytest.raises(ValueError, match="written by 1 processes .* resume it with 1 processes \\(not 2\\)"):
+        load_loop_state(path, rank=0, num_processes=2)
+
+
+def test_the_checkpoint_round_trips_the_model(run, tmp_path):
+    root = tmp_path / "checkpoints"
+    run.train_once()
+    saved = {k: v.clone() for k, v in run.model.state_dict().items()}
+    save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=2)
+    run.train_once()
+    assert not all(torch.equal(saved[k], v) for k, v in run.model.state_dict().items())
+    run.accelerator.load_state(str(resolve_checkpoint("latest", root)))
+    assert all(torch.equal(saved[k], v) for k, v in run.model.state_dict().items())
+
+
+def test_a_crash_mid_save_deletes_nothing(run, tmp_path, monkeypatch, caplog):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        save_checkpoint(run.accelerator, root, step, {"step": step}, total_limit=2)
+
+    def crash_after_the_model(output_dir: str, **kwargs):
+        run.accelerator.save_model(run.model, output_dir)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(run.accelerator, "save_state", crash_after_the_model)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(run.accelerator, root, 3, {"step": 3}, total_limit=2)
+
+    assert names(complete_checkpoints(root)) == ["step_00000001", "step_00000002"]
+    assert (root / ".tmp-step_00000003").is_dir() and not (root / ".tmp-step_00000003" / MARKER).exists()
+    with caplog.at_level(logging.WARNING, logger="kspon_whisper.checkpoints"):
+        assert resolve_checkpoint("latest", root) == root / "step_00000002"
+    assert ".tmp-step_00000003" in caplog.text and "step_00000002" in caplog.text
+
+
+@pytest.mark.parametrize("dropped", ["random_states_0.pkl", "optimizer.bin", "model.safetensors"])
+def test_verification_refuses_a_checkpoint_missing_a_file(run, tmp_path, monkeypatch, dropped):
+    """Accelerate only logs a missing RNG file at INFO level on load; the save must refuse it instead."""
+    root = tmp_path / "checkpoints"
+    save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=1)
+    save_state = run.accelerator.save_state
+
+    def save_state_losing_a_file(output_dir: str, **kwargs):
+        save_state(output_dir, **kwargs)
+        (Path(output_dir) / dropped).unlink()
+
+    monkeypatch.setattr(run.accelerator, "save_state", save_state_losing_a_file)
+    with pytest.raises(RuntimeError, match=dropped):
+        save_checkpoint(run.accelerator, root, 2, {"step": 2}, total_limit=1)
+    assert names(complete_checkpoints(root)) == ["step_00000001"]  # total_limit=1 and still not rotated out
+
+
+def test_an_explicit_incomplete_checkpoint_is_refused(tmp_path):
+    half_written = tmp_path / "checkpoints" / "step_00000005"
+    half_written.mkdir(parents=True)
+    (half_written / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint") as err:
+        resolve_checkpoint(str(half_written), tmp_path / "checkpoints")
+    assert "--resume_from_checkpoint latest" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_checkpoint(str(tmp_path / "no_such_checkpoint"), tmp_path / "checkpoints")
+
+
+def test_latest_falls_back_past_incomplete_checkpoints(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    for name in ("step_00000002", "step_00000004"):
+        (root / name).mkdir(parents=True)
+        (root / name / MARKER).write_text("{}")
+    (root / "step_00000006").mkdir()  # renamed into place but never marked: not trusted
+    (root / ".tmp-step_00000008").mkdir()  # a save cut short
+    with caplog.at_level(logging.WARNING, logger="kspon_whisper.checkpoints"):
+        assert resolve_checkpoint("latest", root) == root / "step_00000004"
+    assert "step_00000006" in caplog.text and ".tmp-step_00000008" in caplog.text
+
+
+def test_latest_without_any_complete_checkpoint_starts_fresh(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    assert resolve_checkpoint("latest", root) is None  # no folder at all: a first run with `latest` set
+    (root / ".tmp-step_00000001").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="kspon_whisper.checkpoints"):
+        assert resolve_checkpoint("latest", root) is None
+    assert "a fresh start" in caplog.text
