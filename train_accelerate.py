@@ -19,6 +19,7 @@ CPU demo on the embedded sample corpus (README command 1): `make demo`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -54,6 +55,8 @@ class TrainConfig:
     # model
     model_name_or_path: str = "openai/whisper-large-v3"  # Hub id or local folder
     attn_implementation: str = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (if installed)
+    sdpa_cudnn: bool = False  # allow cuDNN's SDPA kernel: it re-plans per shape and gave NaNs in bf16 backward
+    torch_compile: bool = False  # torch.compile the model; labels are bucketed so shapes stay few
     gradient_checkpointing: bool = True  # recompute activations in backward: ~1/3 more compute, far less memory
     freeze_encoder: bool = False  # train the decoder only
     apply_spec_augment: bool = False  # SpecAugment time/feature masking on the log-mel input
@@ -65,7 +68,8 @@ class TrainConfig:
     split_scheme: str = "random"  # "random" (8:1:1 by id hash) or "official" (train.trn / dev.trn)
     streaming: bool = True  # read straight from the ZIPs; False prepares Arrow files first (map-style)
     num_workers: int = 4  # DataLoader worker processes per rank
-    log_mel_on_device: bool = False  # ship int16 audio and compute log-mel on the accelerator
+    log_mel_on_device: bool = True  # ship int16 audio, compute log-mel on the accelerator (False: in the workers)
+    label_bucket: int | None = None  # pad label length to a multiple of this (default 16 with torch_compile)
     # optimisation
     per_device_batch_size: int = 16  # examples per micro-batch per process
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
@@ -223,6 +227,7 @@ class Trainer:
             self.processor.feature_extractor,
             decoder_start_token_id=self.model.config.decoder_start_token_id,
             audio_mode="waveform" if cfg.log_mel_on_device else "features",
+            label_bucket=cfg.label_bucket or (16 if cfg.torch_compile else None),
         )
         self.batcher = SpeechBatcher(self.processor, collator)
         with accelerator.main_process_first():  # map-style data is prepared (and cached) once, by rank 0 first
@@ -239,9 +244,12 @@ class Trainer:
         self.max_steps = cfg.max_steps or self.steps_from_epochs()
         # The scheduler is stepped once per optimizer step by hand (a prepared one steps num_processes times).
         self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer, cfg.warmup_steps, self.max_steps)
+        if cfg.torch_compile:
+            self.model = torch.compile(self.model)
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
         self.step, self.epoch, self.skipped_steps, self.too_long = 0, 0, 0, 0
+        self.before_training: dict | None = None  # validation metrics of the untouched model, when asked for
         self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with audit_dir
 
     def loader(self, split: str, shuffle: bool = False):
@@ -301,7 +309,7 @@ class Trainer:
         loader_state = self.resume() if cfg.resume_from_checkpoint else None
         rng_after_load = capture_rng() if loader_state is not None else None
         if cfg.eval_before_training and self.step == 0:
-            self.evaluate_and_log("validation", cfg.max_eval_samples)
+            self.before_training = self.evaluate_and_log("validation", cfg.max_eval_samples)
         bar = tqdm(total=self.max_steps, initial=self.step, desc="train", disable=not acc.is_local_main_process)
         window = {"loss": 0.0, "micro": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
         while self.step < self.max_steps:
@@ -316,15 +324,16 @@ class Trainer:
                 self.too_long += batch["num_too_long"] * (weight > 0)
                 if cfg.audit_dir and weight:
                     self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
-                loss, grad_norm, stepped = training_step(
-                    acc,
-                    self.model,
-                    self.optimizer,
-                    self.scheduler,
-                    self.model_inputs(batch),
-                    weight,
-                    cfg.max_grad_norm,
-                )
+                with explain_out_of_memory(cfg):
+                    loss, grad_norm, stepped = training_step(
+                        acc,
+                        self.model,
+                        self.optimizer,
+                        self.scheduler,
+                        self.model_inputs(batch),
+                        weight,
+                        cfg.max_grad_norm,
+                    )
                 window["loss"] += loss * weight
                 window["micro"] += weight
                 window["samples"] += len(batch["id"]) * weight
@@ -429,6 +438,13 @@ class Trainer:
                 results[split] = self.evaluate_and_log(split)
                 if acc.is_main_process:
                     write_predictions(self.output_dir / f"predictions_{split}.jsonl", results[split].pop("records"))
+        if self.before_training is not None:
+            before, after = self.before_training, results["validation"]
+            acc.print(
+                f"validation CER before training {before['cer']:.4f} ({before['num_scored']} utterances) -> after "
+                f"{after['cer']:.4f} ({after['num_scored']}); space-free {before['cer_nospace']:.4f} -> "
+                f"{after['cer_nospace']:.4f}"
+            )
         if acc.is_main_process:
             summary = {"step": self.step, "skipped_steps": self.skipped_steps, "labels_too_long": self.too_long}
             (self.output_dir / "metrics.json").write_text(json.dumps(results | {"train": summary}, indent=2))
@@ -447,6 +463,20 @@ class Trainer:
         # deadlocks at exit (about 1 run in 5 on CPU); waiting here lets that thread finish first.
         acc.wait_for_everyone()
         acc.end_training()
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(cfg: TrainConfig):
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise torch.OutOfMemoryError(
+            f"{err}\nOut of GPU memory at --per_device_batch_size {cfg.per_device_batch_size} with "
+            f"--gradient_checkpointing {cfg.gradient_checkpointing}. Halve the batch and double "
+            "--gradient_accumulation_steps (same effective batch), or turn gradient checkpointing on. Without "
+            "checkpointing, large-v3 needs ~2.3-3 GB of activations per sample beside ~28 GB of weights, gradients "
+            "and AdamW state: batch 16 fits in 80 GB (see benchmarks/RESULTS.md)."
+        ) from err
 
 
 def capture_rng() -> dict:
@@ -477,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if cfg.push_to_hub and accelerator.is_main_process:
         accelerator.print(f"Hub: logged in as {check_hub_access(cfg.hub_model_id)}, will push to {cfg.hub_model_id}")
+    if torch.cuda.is_available() and not cfg.sdpa_cudnn:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     set_seed(cfg.seed)  # before anything random is built: model init, data order, dropout
     trainer = Trainer(cfg, accelerator)
     accelerator.init_trackers("kspon-whisper", config=_scalars(dataclasses.asdict(cfg)))
