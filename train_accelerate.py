@@ -252,6 +252,11 @@ class Trainer:
         self.before_training: dict | None = None  # validation metrics of the untouched model, when asked for
         self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with audit_dir
 
+    def say(self, message: str) -> None:
+        """One line on the main process, above the progress bar rather than glued to it (so `grep ^step` works)."""
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+
     def loader(self, split: str, shuffle: bool = False):
         cfg, acc = self.cfg, self.accelerator
         return make_dataloader(
@@ -285,7 +290,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         effective = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
         per_epoch = len(self.splits["train"]) if not cfg.streaming else "unknown (streaming)"
-        acc.print(
+        self.say(
             f"effective batch {effective} = {cfg.per_device_batch_size} per device x {cfg.gradient_accumulation_steps}"
             f" accumulation x {acc.num_processes} processes | {self.max_steps:,} optimizer steps = "
             f"{self.max_steps * effective:,} samples | samples per epoch {per_epoch} | mixed precision "
@@ -295,13 +300,13 @@ class Trainer:
     def resume(self) -> dict | None:
         checkpoint = resolve_checkpoint(self.cfg.resume_from_checkpoint, self.output_dir / "checkpoints")
         if checkpoint is None:
-            self.accelerator.print("No complete checkpoint to resume from; starting fresh.")
+            self.say("No complete checkpoint to resume from; starting fresh.")
             return None
         state = load_loop_state(checkpoint, self.accelerator.process_index, self.accelerator.num_processes)
         self.accelerator.load_state(str(checkpoint))
         self.step, self.epoch = state["step"], state["epoch"]
         self.skipped_steps, self.too_long = state["skipped_steps"], state["too_long"]
-        self.accelerator.print(f"Resumed from {checkpoint} at step {self.step}, epoch {self.epoch}.")
+        self.say(f"Resumed from {checkpoint} at step {self.step}, epoch {self.epoch}.")
         return state["dataloader"]
 
     def fit(self) -> None:
@@ -386,7 +391,7 @@ class Trainer:
             "epoch": self.epoch,
             "skipped_steps": self.skipped_steps,
         }
-        acc.print(
+        self.say(
             f"step {self.step} | loss {values['loss']:.4f} | lr {values['lr']:.3g} | grad_norm "
             f"{values['grad_norm']:.3g} | {values['samples_per_s']:.1f} samples/s | skipped {self.skipped_steps}"
         )
@@ -405,7 +410,7 @@ class Trainer:
             max_samples=max_samples,
             desc=f"eval {split}",
         )
-        self.accelerator.print(
+        self.say(
             f"eval {split} @ step {self.step} | cer {metrics['cer']:.4f} | wer {metrics['wer']:.4f} | "
             f"space_free_cer {metrics['cer_nospace']:.4f} | {metrics['num_scored']} utterances"
         )
@@ -423,7 +428,7 @@ class Trainer:
         path = save_checkpoint(
             self.accelerator, self.output_dir / "checkpoints", self.step, loop_state, self.cfg.save_total_limit
         )
-        self.accelerator.print(f"saved checkpoint {path}")
+        self.say(f"saved checkpoint {path}")
 
     def finish(self) -> None:
         """Save the model locally first, then evaluate every held-out split, then write the card (and push)."""
@@ -440,7 +445,7 @@ class Trainer:
                     write_predictions(self.output_dir / f"predictions_{split}.jsonl", results[split].pop("records"))
         if self.before_training is not None:
             before, after = self.before_training, results["validation"]
-            acc.print(
+            self.say(
                 f"validation CER before training {before['cer']:.4f} ({before['num_scored']} utterances) -> after "
                 f"{after['cer']:.4f} ({after['num_scored']}); space-free {before['cer_nospace']:.4f} -> "
                 f"{after['cer_nospace']:.4f}"
@@ -458,7 +463,7 @@ class Trainer:
                 dataset_config=cfg.dataset_config,
             )
             if cfg.push_to_hub:
-                acc.print(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
+                self.say(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
         # With gloo, tearing the process group down while its worker thread still frees the last gather's tensors
         # deadlocks at exit (about 1 run in 5 on CPU); waiting here lets that thread finish first.
         acc.wait_for_everyone()
@@ -475,7 +480,7 @@ def explain_out_of_memory(cfg: TrainConfig):
             f"--gradient_checkpointing {cfg.gradient_checkpointing}. Halve the batch and double "
             "--gradient_accumulation_steps (same effective batch), or turn gradient checkpointing on. Without "
             "checkpointing, large-v3 needs ~2.3-3 GB of activations per sample beside ~28 GB of weights, gradients "
-            "and AdamW state: batch 16 fits in 80 GB (see benchmarks/RESULTS.md)."
+            "and AdamW state; `python benchmarks/train_throughput.py --model large-v3` finds what fits."
         ) from err
 
 
@@ -496,7 +501,9 @@ def restore_rng(state: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    for name in ("train_accelerate", "kspon_whisper"):  # our own progress; libraries speak only when it matters
+        logging.getLogger(name).setLevel(logging.INFO)
     if cfg.push_only:
         print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
         return

@@ -1,0 +1,327 @@
+"""Training throughput: this project's loop (A) against the blog's Seq2SeqTrainer configuration (B), side by side.
+
+    python benchmarks/train_throughput.py --model large-v3 --write_results          # on a GPU: the real comparison
+    python benchmarks/train_throughput.py --model test --steps 4 --warmup 1         # CPU smoke test, seconds
+
+Both configurations train a randomly initialised Whisper built from its config (no download) on the same examples:
+sample-corpus audio and text concatenated to 30-60 label tokens, through the project's collator.
+- A: `train_accelerate.training_step` with fused AdamW, bf16 autocast, int16 audio shipped to the device and log-mel
+  computed there, and the batch size given (with and without gradient checkpointing).
+- B: `Seq2SeqTrainer`, per-device batch 4, gradient accumulation 4, bf16, gradient checkpointing, 1 DataLoader
+  worker, log-mel precomputed on the host (the blog converted its features before training).
+Samples/s is the median over windows after warm-up; MFU uses the exact FLOP count of kspon_whisper/flops.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from accelerate import Accelerator
+from transformers import (
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+)
+
+from kspon_whisper.collator import WhisperCollator
+from kspon_whisper.convert_ct2 import DEFAULT_OUTPUT_DIR, build_offline_whisper
+from kspon_whisper.data import KSPON_SCRIPT
+from kspon_whisper.flops import mfu, whisper_training_flops
+from kspon_whisper.log_mel import LogMelSpectrogram
+from kspon_whisper.tiny import whisper_config
+from train_accelerate import TrainConfig, configure_model, training_step
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "kspon_dataset" / "sample"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM parts
+BLOG = {"per_device_batch_size": 4, "gradient_accumulation_steps": 4, "num_workers": 1}
+BLOG_SAMPLES_PER_S = 4.779  # measured by the blog on one H100 80GB
+
+
+@dataclass
+class Result:
+    name: str
+    batch: int
+    gradient_checkpointing: bool
+    samples_per_s: float
+    mfu: float | None
+    peak_memory_gib: float | None
+    note: str = ""
+
+
+def make_examples(processor: WhisperProcessor, count: int, seed: int = 0) -> list[dict]:
+    """Sample-corpus clips joined until their labels hold 30-60 tokens (KsponSpeech's range), ≤ 30 s of audio."""
+    corpus = datasets.load_dataset(KSPON_SCRIPT, data_dir=str(SAMPLE), split="train", trust_remote_code=True)
+    rows = [(np.round(ex["audio"]["array"] * 32768).astype(np.int16), ex["text"]) for ex in corpus]
+    rng = np.random.default_rng(seed)
+    examples = []
+    while len(examples) < count:
+        target, audio, text = rng.integers(30, 61), [], []
+        while True:
+            clip, sentence = rows[rng.integers(len(rows))]
+            labels = processor.tokenizer(" ".join([*text, sentence])).input_ids
+            if len(labels) > target or sum(map(len, audio)) + len(clip) > 30 * 16_000:
+                break
+            audio.append(clip)
+            text.append(sentence)
+        examples.append({"audio": np.concatenate(audio), "labels": processor.tokenizer(" ".join(text)).input_ids})
+    return examples
+
+
+def random_model(name: str, gradient_checkpointing: bool) -> WhisperForConditionalGeneration:
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration._from_config(whisper_config(name), attn_implementation="sdpa")
+    configure_model(model, TrainConfig(data_dir="unused", gradient_checkpointing=gradient_checkpointing))
+    return model
+
+
+def device_peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def timed_windows(step, steps: int, warmup: int, window: int, samples_per_step: int) -> float:
+    """Median samples/s over windows of `window` steps after `warmup` steps."""
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(max(1, steps // window)):
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(window):
+            step()
+        synchronize()
+        rates.append(window * samples_per_step / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def reset_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_ours(args, examples, extractor, gradient_checkpointing: bool) -> Result:
+    reset_memory()
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    model = random_model(args.model, gradient_checkpointing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=accelerator.device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    collator = WhisperCollator(extractor, model.config.decoder_start_token_id, audio_mode="waveform")
+    log_mel = LogMelSpectrogram(extractor).to(accelerator.device)
+    batches = [collator(examples[i : i + args.batch_size]) for i in range(0, len(examples), args.batch_size)]
+    batches = [b for b in batches if len(b["labels"]) == args.batch_size]
+    if torch.cuda.is_available():
+        batches = [{k: v.pin_memory() for k, v in b.items() if torch.is_tensor(v)} for b in batches]
+    cursor = iter(range(10**9))
+
+    def step():
+        batch = batches[next(cursor) % len(batches)]
+        features = log_mel(batch["input_audio"].to(accelerator.device, non_blocking=True))
+        labels = batch["labels"].to(accelerator.device, non_blocking=True)
+        training_step(
+            accelerator, model, optimizer, scheduler, {"input_features": features, "labels": labels}, 1.0, 1.0
+        )
+
+    try:
+        rate = timed_windows(step, args.steps, args.warmup, args.window, args.batch_size)
+    except torch.OutOfMemoryError:
+        return Result("A: this loop", args.batch_size, gradient_checkpointing, float("nan"), None, None, "OOM")
+    label_tokens = statistics.mean(len(e["labels"]) - 1 for e in examples)
+    flops = whisper_training_flops(model.config, round(label_tokens), gradient_checkpointing)
+    peak = device_peak_flops()
+    result = Result(
+        "A: this loop",
+        args.batch_size,
+        gradient_checkpointing,
+        rate,
+        peak and mfu(rate, flops, peak),
+        peak_memory_gib(),
+    )
+    return result
+
+
+class _StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        synchronize()
+        self.times.append(time.perf_counter())
+
+
+def run_blog(args, examples, extractor) -> Result:
+    """The blog's setup: HF Trainer, batch 4 x accumulation 4, bf16, checkpointing, 1 worker, features precomputed."""
+    reset_memory()
+    features = extractor(
+        [e["audio"].astype(np.float32) / 32768 for e in examples], sampling_rate=16_000
+    ).input_features
+    train_set = [{"input_features": f, "labels": e["labels"]} for f, e in zip(features, examples, strict=True)]
+    model = random_model(args.model, gradient_checkpointing=True)
+    samples_per_step = BLOG["per_device_batch_size"] * BLOG["gradient_accumulation_steps"]
+    timer = _StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        training_args = Seq2SeqTrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=BLOG["per_device_batch_size"],
+            gradient_accumulation_steps=BLOG["gradient_accumulation_steps"],
+            bf16=torch.cuda.is_available(),
+            gradient_checkpointing=True,
+            dataloader_num_workers=BLOG["num_workers"],
+            max_steps=args.warmup + args.steps,
+            learning_rate=1e-5,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+        )
+        trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=train_set, data_collator=blog_collator)
+        trainer.add_callback(timer)
+        trainer.train()
+    times = timer.times[args.warmup :]
+    windows = [times[i + args.window] - times[i] for i in range(0, len(times) - args.window, args.window)] or [
+        times[-1] - times[0]
+    ]
+    steps_per_window = args.window if len(times) > args.window else len(times) - 1
+    rate = statistics.median(steps_per_window * samples_per_step / w for w in windows)
+    label_tokens = statistics.mean(len(e["labels"]) - 1 for e in examples)
+    flops = whisper_training_flops(model.config, round(label_tokens), True)
+    peak = device_peak_flops()
+    return Result(
+        "B: blog (Seq2SeqTrainer)", 4, True, rate, peak and mfu(rate, flops, peak), peak_memory_gib(), "x4 acc"
+    )
+
+
+def blog_collator(rows: list[dict]) -> dict:
+    """The blog's DataCollatorSpeechSeq2SeqWithPadding: stack features, pad labels with -100, drop a leading SOT."""
+    features = torch.tensor(np.stack([r["input_features"] for r in rows]))
+    longest = max(len(r["labels"]) for r in rows)
+    labels = torch.full((len(rows), longest), -100)
+    for i, r in enumerate(rows):
+        labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+    if (labels[:, 0] == 50258).all():
+        labels = labels[:, 1:]
+    return {"input_features": features, "labels": labels}
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| configuration | batch | grad. ckpt | samples/s | MFU | peak GPU GiB | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        mfu_text = f"{r.mfu:.1%}" if r.mfu is not None else "-"
+        memory = f"{r.peak_memory_gib:.1f}" if r.peak_memory_gib is not None else "-"
+        cells = [r.name, r.batch, r.gradient_checkpointing, f"{r.samples_per_s:.2f}", mfu_text, memory, r.note]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
+    return (
+        f"device {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"datasets {datasets.__version__}, Python {platform.python_version()}"
+    )
+
+
+def write_results(text: str) -> None:
+    """Replace (or append) the `## Training throughput` section of RESULTS.md."""
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
+    head, marker, rest = current.partition("## Training throughput")
+    tail = rest[rest.find("\n## ") :] if marker and "\n## " in rest else ""
+    RESULTS.write_text(head.rstrip() + "\n\n" + text.rstrip() + "\n" + tail)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="large-v3", help="large-v3, large-v3-turbo, small, tiny or test")
+    parser.add_argument("--batch_size", type=int, default=16, help="configuration A's per-device batch")
+    parser.add_argument("--gradient_checkpointing", choices=("on", "off", "both"), default="both", help="for A")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, kernels, workers)")
+    parser.add_argument("--window", type=int, default=5, help="steps per timing window; the median window counts")
+    parser.add_argument("--configs", default="A,B", help="which configurations to run: A, B or A,B")
+    parser.add_argument("--write_results", action="store_true", help="update benchmarks/RESULTS.md")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
+    processor = WhisperProcessor.from_pretrained(build_offline_whisper(DEFAULT_OUTPUT_DIR))
+    processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
+    extractor = WhisperFeatureExtractor(feature_size=whisper_config(args.model).num_mel_bins)
+    steps_needed = (args.warmup + args.steps) * max(args.batch_size, 16)
+    examples = make_examples(processor, min(steps_needed, 256))
+    print(
+        f"{len(examples)} examples, label tokens {min(len(e['labels']) for e in examples)}-"
+        f"{max(len(e['labels']) for e in examples)}; {environment()}",
+        flush=True,
+    )
+    results = []
+    checkpointing = {"on": [True], "off": [False], "both": [False, True]}[args.gradient_checkpointing]
+    if "B" in args.configs:
+        results.append(run_blog(args, examples, extractor))
+        print(table(results[-1:]), flush=True)
+    if "A" in args.configs:
+        for ckpt in checkpointing:
+            results.append(run_ours(args, examples, extractor, ckpt))
+            print(table(results[-1:]), flush=True)
+    text = report(args, results)
+    print(text)
+    if args.write_results:
+        write_results(text)
+    return results
+
+
+def report(args, results: list[Result]) -> str:
+    blog = next((r for r in results if r.name.startswith("B")), None)
+    options = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "write_results")
+    lines = [
+        "## Training throughput",
+        "",
+        f"- Command: `python benchmarks/train_throughput.py {options}`",
+        f"- {environment()}; model `{args.model}` (random weights from its config).",
+        "",
+        table(results),
+        "",
+    ]
+    for r in results:
+        if blog is not None and r is not blog and r.samples_per_s == r.samples_per_s:
+            lines.append(
+                f"- {r.name}, gradient checkpointing {r.gradient_checkpointing}: "
+                f"{r.samples_per_s / blog.samples_per_s:.1f}x configuration B on this device."
+            )
+    lines.append(f"- The blog reported {BLOG_SAMPLES_PER_S} samples/s for configuration B on one H100 80GB.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
