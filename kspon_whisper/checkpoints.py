@@ -48,16 +48,31 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state:
     return final
 
 
+# What save_state writes, by kind: plain files under DDP / one process, folders of shards under FSDP's sharded state.
+_ARTEFACTS = {  # how a missing one is named in the error: the patterns that would have found it
+    "model.safetensors or pytorch_model_fsdp_0/": ("model*.safetensors", "pytorch_model*.bin", "pytorch_model_fsdp_*"),
+    "optimizer.bin or optimizer_0/": ("optimizer*.bin", "optimizer_*"),
+}
+
+
 def _verify(checkpoint: Path, num_processes: int) -> None:
-    expected = ["optimizer.bin", *(f"random_states_{r}.pkl" for r in range(num_processes))]
-    expected += [loop_state_file(checkpoint, r).name for r in range(num_processes)]
-    missing = [
-        name for name in expected if not (checkpoint / name).is_file() or (checkpoint / name).stat().st_size == 0
+    per_rank = [f"random_states_{r}.pkl" for r in range(num_processes)]
+    per_rank += [loop_state_file(checkpoint, r).name for r in range(num_processes)]
+    missing = [name for name in per_rank if not _written(checkpoint / name)]
+    missing += [
+        kind
+        for kind, patterns in _ARTEFACTS.items()
+        if not any(_written(path) for pattern in patterns for path in checkpoint.glob(pattern))
     ]
-    if not any(checkpoint.glob("model*.safetensors")) and not any(checkpoint.glob("pytorch_model*.bin")):
-        missing.append("model.safetensors")
     if missing:
         raise RuntimeError(f"Checkpoint {checkpoint} is missing {missing} after save_state; not marking it complete.")
+
+
+def _written(path: Path) -> bool:
+    """A non-empty file, or a folder holding at least one non-empty file."""
+    if path.is_dir():
+        return any(p.is_file() and p.stat().st_size > 0 for p in path.rglob("*"))
+    return path.is_file() and path.stat().st_size > 0
 
 
 def _rotate(root: Path, total_limit: int) -> None:

@@ -141,3 +141,18 @@ def test_latest_without_any_complete_checkpoint_starts_fresh(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="kspon_whisper.checkpoints"):
         assert resolve_checkpoint("latest", root) is None
     assert "a fresh start" in caplog.text
+
+
+def test_sharded_fsdp_state_counts_as_complete(run, tmp_path, monkeypatch):
+    """FSDP's sharded state dict writes folders of shards instead of model.safetensors and optimizer.bin."""
+
+    def save_state_as_fsdp(output_dir: str, **kwargs):
+        out = Path(output_dir)
+        for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
+            (out / folder).mkdir()
+            (out / folder / "__0_0.distcp").write_bytes(b"shard")
+        torch.save({}, out / "random_states_0.pkl")
+
+    monkeypatch.setattr(run.accelerator, "save_state", save_state_as_fsdp)
+    path = save_checkpoint(run.accelerator, tmp_path / "checkpoints", 1, {"step": 1}, total_limit=1)
+    assert (path / MARKER).is_file()
