@@ -86,7 +86,7 @@ def make_examples(processor: WhisperProcessor, count: int, seed: int = 0) -> lis
 def random_model(name: str, gradient_checkpointing: bool) -> WhisperForConditionalGeneration:
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration._from_config(whisper_config(name), attn_implementation="sdpa")
-    configure_model(model, TrainConfig(data_dir="unused", gradient_checkpointing=gradient_checkpointing))
+    configure_model(model, TrainConfig(data_dir="unused", max_steps=1, gradient_checkpointing=gradient_checkpointing))
     return model
 
 
