@@ -238,10 +238,22 @@ def special_token_ids(tokenizer_json: dict) -> dict[str, int]:
     return {token["content"]: token["id"] for token in tokenizer_json["added_tokens"] if token["special"]}
 
 
+def shared_token_settings(ct2_config: dict, specials: dict[str, int]) -> dict:
+    """Token ids and suppression lists that the model config and the generation config must agree on."""
+    eot = specials["<|endoftext|>"]
+    return {
+        "decoder_start_token_id": specials["<|startoftranscript|>"],
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": eot,
+        "suppress_tokens": ct2_config["suppress_ids"],
+        "begin_suppress_tokens": ct2_config["suppress_ids_begin"],
+    }
+
+
 def whisper_config(model: Ct2Model, ct2_config: dict, specials: dict[str, int]) -> WhisperConfig:
     v = model.variables
     vocab_size, d_model = v["decoder/embeddings/weight"].shape
-    eot = specials["<|endoftext|>"]
     return WhisperConfig(
         architectures=["WhisperForConditionalGeneration"],
         vocab_size=vocab_size,
@@ -255,27 +267,15 @@ def whisper_config(model: Ct2Model, ct2_config: dict, specials: dict[str, int]) 
         decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
         max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
         max_target_positions=v["decoder/position_encodings/encodings"].shape[0],
-        decoder_start_token_id=specials["<|startoftranscript|>"],
-        bos_token_id=eot,
-        eos_token_id=eot,
-        pad_token_id=eot,
-        suppress_tokens=ct2_config["suppress_ids"],
-        begin_suppress_tokens=ct2_config["suppress_ids_begin"],
         dtype="float32",
+        **shared_token_settings(ct2_config, specials),
     )
 
 
 def generation_config(config: WhisperConfig, ct2_config: dict, specials: dict[str, int]) -> GenerationConfig:
     id_to_token = {i: token for token, i in specials.items()}
-    eot = specials["<|endoftext|>"]
     return GenerationConfig(
         alignment_heads=ct2_config["alignment_heads"],
-        begin_suppress_tokens=ct2_config["suppress_ids_begin"],
-        suppress_tokens=ct2_config["suppress_ids"],
-        bos_token_id=eot,
-        eos_token_id=eot,
-        pad_token_id=eot,
-        decoder_start_token_id=specials["<|startoftranscript|>"],
         prev_sot_token_id=specials["<|startofprev|>"],
         no_timestamps_token_id=specials["<|notimestamps|>"],
         forced_decoder_ids=None,  # language and task are passed to generate(), never forced
@@ -285,6 +285,7 @@ def generation_config(config: WhisperConfig, ct2_config: dict, specials: dict[st
         max_initial_timestamp_index=_MAX_INITIAL_TIMESTAMP_INDEX,
         max_length=config.max_target_positions,
         return_timestamps=False,
+        **shared_token_settings(ct2_config, specials),
     )
 
 
