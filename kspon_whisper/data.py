@@ -8,6 +8,7 @@ loader is deliberately not passed to `accelerator.prepare`, which would shard it
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .collator import WhisperCollator
 
 KSPON_SCRIPT = str(Path(__file__).resolve().parent.parent / "kspon_dataset")
 SAMPLE_RATE = 16_000
+# The fmt chunk body of 16 kHz mono signed 16-bit PCM: format 1, 1 channel, rate, byte rate, block align, bits.
+_PCM16_MONO_16K_FMT = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, 2 * SAMPLE_RATE, 2, 16)
 MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
 KEEP_COLUMNS = ("id", "audio", "text")
 
@@ -45,7 +48,7 @@ def load_kspon(
 
 def wav_samples(data: bytes) -> np.ndarray:
     """int16 samples of a 16 kHz mono WAV; the loading script writes a plain 44-byte header, read without a copy."""
-    if data[:4] == b"RIFF" and data[36:40] == b"data":
+    if data[:4] == b"RIFF" and data[20:36] == _PCM16_MONO_16K_FMT and data[36:40] == b"data":
         return np.frombuffer(data, dtype="<i2", offset=44)
     samples, rate = soundfile.read(io.BytesIO(data), dtype="int16")
     if rate != SAMPLE_RATE or samples.ndim != 1:
