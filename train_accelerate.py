@@ -46,6 +46,7 @@ from kspon_whisper.evaluation import evaluate, write_predictions
 from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
 from kspon_whisper.log_mel import LogMelSpectrogram
 from kspon_whisper.metrics import SCORING_NORMALIZATION
+from kspon_whisper.unpadded import cropped_frames, encoder_input_frames
 
 logger = logging.getLogger("train_accelerate")
 
@@ -69,6 +70,7 @@ class TrainConfig:
     streaming: bool = True  # read straight from the ZIPs; False prepares Arrow files first (map-style)
     num_workers: int = 4  # DataLoader worker processes per rank
     log_mel_on_device: bool = True  # ship int16 audio, compute log-mel on the accelerator (False: in the workers)
+    crop_encoder_input: bool = False  # experimental: train the encoder on the batch's length, not 30 s
     label_bucket: int | None = None  # pad label length to a multiple of this (default 16 with torch_compile)
     # optimisation
     per_device_batch_size: int = 16  # examples per micro-batch per process
@@ -116,6 +118,8 @@ class TrainConfig:
             raise ValueError("--data_dir is required: the folder holding KsponSpeech_01.zip ... (see README).")
         if (self.push_to_hub or self.push_only) and not self.hub_model_id:
             raise ValueError("--push_to_hub/--push_only need --hub_model_id user/name.")
+        if self.crop_encoder_input and not self.log_mel_on_device:
+            raise ValueError("--crop_encoder_input needs --log_mel_on_device true (it crops by the audio lengths).")
         if self.streaming and self.max_steps <= 0:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
 
@@ -278,10 +282,12 @@ class Trainer:
         per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)
         return math.ceil(per_epoch * self.cfg.num_epochs)
 
-    def model_inputs(self, batch: dict) -> dict:
+    def model_inputs(self, batch: dict, crop: bool = False) -> dict:
         device = self.accelerator.device
         if "input_audio" in batch:
             features = self.log_mel(batch["input_audio"].to(device, non_blocking=True))
+            if crop:
+                features = features[..., : cropped_frames(batch["audio_lengths"])]
         else:
             features = batch["input_features"].to(device, non_blocking=True)
         return {"input_features": features, "labels": batch["labels"].to(device, non_blocking=True)}
@@ -329,15 +335,11 @@ class Trainer:
                 self.too_long += batch["num_too_long"] * (weight > 0)
                 if cfg.audit_dir and weight:
                     self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
-                with explain_out_of_memory(cfg):
+                inputs = self.model_inputs(batch, crop=cfg.crop_encoder_input)
+                frames = inputs["input_features"].shape[-1]
+                with explain_out_of_memory(cfg), encoder_input_frames(acc.unwrap_model(self.model), frames):
                     loss, grad_norm, stepped = training_step(
-                        acc,
-                        self.model,
-                        self.optimizer,
-                        self.scheduler,
-                        self.model_inputs(batch),
-                        weight,
-                        cfg.max_grad_norm,
+                        acc, self.model, self.optimizer, self.scheduler, inputs, weight, cfg.max_grad_norm
                     )
                 window["loss"] += loss * weight
                 window["micro"] += weight
