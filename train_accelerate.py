@@ -251,6 +251,7 @@ class Trainer:
         if cfg.torch_compile:
             self.model = torch.compile(self.model)
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
+        self.unwrapped = accelerator.unwrap_model(self.model)  # the bare model, for the encoder-length switch
         accelerator.register_for_checkpointing(self.scheduler)
         self.step, self.epoch, self.skipped_steps, self.too_long = 0, 0, 0, 0
         self.before_training: dict | None = None  # validation metrics of the untouched model, when asked for
@@ -337,7 +338,7 @@ class Trainer:
                     self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
                 inputs = self.model_inputs(batch, crop=cfg.crop_encoder_input)
                 frames = inputs["input_features"].shape[-1]
-                with explain_out_of_memory(cfg), encoder_input_frames(acc.unwrap_model(self.model), frames):
+                with explain_out_of_memory(cfg), encoder_input_frames(self.unwrapped, frames):
                     loss, grad_norm, stepped = training_step(
                         acc, self.model, self.optimizer, self.scheduler, inputs, weight, cfg.max_grad_norm
                     )

@@ -5,6 +5,7 @@ datasets cache lives in a per-session temporary folder so runs cannot see each o
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,3 +47,7 @@ def tone_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tone_corpus")
     write_corpus(out, num_utterances=60, voice="tone", seed=0)
     return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
