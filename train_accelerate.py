@@ -28,6 +28,7 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from transformers import HfArgumentParser, WhisperForConditionalGeneration, Whis
 
 from kspon_whisper.checkpoints import load_loop_state, resolve_checkpoint, save_checkpoint
 from kspon_whisper.collator import WhisperCollator
-from kspon_whisper.data import SpeechBatcher, load_kspon, make_dataloader, set_epoch
+from kspon_whisper.data import PassCounter, SpeechBatcher, load_splits, make_dataloader, set_epoch
 from kspon_whisper.evaluation import evaluate, write_predictions
 from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
 from kspon_whisper.log_mel import LogMelSpectrogram
@@ -66,7 +67,7 @@ class TrainConfig:
     # data
     data_dir: str | None = None  # folder holding the KsponSpeech ZIPs (or their extracted folders)
     dataset_config: str = "spelling"  # transcript form: "spelling" or "phonetic"
-    split_scheme: str = "random"  # "random" (8:1:1 by id hash) or "official" (train.trn / dev.trn)
+    split_scheme: str = "random"  # "random" (8:1:1 by folder), "random_utterance" (leaky) or "official"
     streaming: bool = True  # read straight from the ZIPs; False prepares Arrow files first (map-style)
     num_workers: int = 4  # DataLoader worker processes per rank
     log_mel_on_device: bool = True  # ship int16 audio, compute log-mel on the accelerator (False: in the workers)
@@ -107,7 +108,7 @@ class TrainConfig:
     def __post_init__(self):
         choices = {
             "dataset_config": ("spelling", "phonetic"),
-            "split_scheme": ("random", "official"),
+            "split_scheme": ("random", "random_utterance", "official"),
             "lr_scheduler": ("linear", "cosine"),
             "report_to": ("tensorboard", "trackio", "wandb", "none"),
         }
@@ -234,11 +235,13 @@ class Trainer:
             label_bucket=cfg.label_bucket or (16 if cfg.torch_compile else None),
         )
         self.batcher = SpeechBatcher(self.processor, collator)
-        with accelerator.main_process_first():  # map-style data is prepared (and cached) once, by rank 0 first
-            self.splits = load_kspon(
+        with accelerator.main_process_first():  # rank 0 first: it prepares (map-style) and indexes the archives
+            self.splits = load_splits(
                 cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
             )
         self.train_loader = self.loader("train", shuffle=True)
+        self.train_counts = PassCounter(self.splits["train"])
+        self.data_counts: dict[str, dict] = {}  # split -> "kept N of M" counts of its last whole pass
         optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=cfg.learning_rate,
@@ -313,6 +316,7 @@ class Trainer:
         self.accelerator.load_state(str(checkpoint))
         self.step, self.epoch = state["step"], state["epoch"]
         self.skipped_steps, self.too_long = state["skipped_steps"], state["too_long"]
+        self.train_counts.counts = Counter(state.get("train_counts", {}))
         self.say(f"Resumed from {checkpoint} at step {self.step}, epoch {self.epoch}.")
         return state["dataloader"]
 
@@ -325,14 +329,15 @@ class Trainer:
         bar = tqdm(total=self.max_steps, initial=self.step, desc="train", disable=not acc.is_local_main_process)
         window = {"loss": 0.0, "micro": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
         while self.step < self.max_steps:
-            set_epoch(self.train_loader, self.epoch, cfg.seed)
+            set_epoch(self.train_loader, self.epoch)
             if loader_state is not None:
                 self.train_loader.load_state_dict(loader_state)
                 loader_state = None
             # Creating the iterator and fetching from it consume RNG; on resume, put the saved state back after.
             restore = (lambda state=rng_after_load: restore_rng(state)) if rng_after_load is not None else None
             rng_after_load = None
-            for batch, weight in ranked_batches(acc, self.train_loader, after_first_fetch=restore):
+            batches = self.train_counts.counted(self.train_loader)  # every batch fetched, before any filler
+            for batch, weight in ranked_batches(acc, batches, after_first_fetch=restore):
                 self.too_long += batch["num_too_long"] * (weight > 0)
                 if cfg.audit_dir and weight:
                     self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
@@ -355,10 +360,16 @@ class Trainer:
                 if self.step >= self.max_steps:
                     break
             else:
+                self.end_of_pass()
                 self.epoch += 1
         bar.close()
         if cfg.audit_dir:
             self.write_audit(Path(cfg.audit_dir))
+
+    def end_of_pass(self) -> None:
+        line, counts = self.train_counts.line(f"train pass {self.epoch + 1}", self.accelerator)
+        self.say(line)
+        self.data_counts["train"] = dict(counts)
 
     def write_audit(self, audit_dir: Path) -> None:
         """What this rank trained on and where it ended: the two-process test checks sharding and DDP sync."""
@@ -402,10 +413,11 @@ class Trainer:
         window.update(loss=0.0, micro=0, samples=0, start=time.perf_counter())
 
     def evaluate_and_log(self, split: str, max_samples: int | None = None) -> dict[str, float]:
+        counter = PassCounter(self.splits[split])
         metrics, records = evaluate(
             self.accelerator,
             self.model,
-            self.loader(split),
+            counter.counted(self.loader(split)),
             self.processor,
             self.model_inputs,
             num_beams=self.cfg.num_beams,
@@ -418,6 +430,10 @@ class Trainer:
             f"space_free_cer {metrics['cer_nospace']:.4f} | {metrics['num_scored']} utterances"
         )
         self.accelerator.log({f"{split}/{k}": v for k, v in metrics.items()}, step=self.step)
+        if max_samples is None:  # a whole pass: say what it kept
+            line, counts = counter.line(split, self.accelerator)
+            self.say(line)
+            self.data_counts[split] = dict(counts)
         return metrics | {"records": records}
 
     def save_checkpoint(self) -> None:
@@ -426,6 +442,7 @@ class Trainer:
             "epoch": self.epoch,
             "skipped_steps": self.skipped_steps,
             "too_long": self.too_long,
+            "train_counts": dict(self.train_counts.counts),
             "dataloader": self.train_loader.state_dict(),
         }
         path = save_checkpoint(
@@ -455,6 +472,7 @@ class Trainer:
             )
         if acc.is_main_process:
             summary = {"step": self.step, "skipped_steps": self.skipped_steps, "labels_too_long": self.too_long}
+            summary["data"] = self.data_counts  # kept N of M, by reason, for each split's last whole pass
             (self.output_dir / "metrics.json").write_text(json.dumps(results | {"train": summary}, indent=2))
             write_model_card(
                 self.output_dir,
@@ -505,7 +523,8 @@ def restore_rng(state: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    for name in ("train_accelerate", "kspon_whisper"):  # our own progress; libraries speak only when it matters
+    # Our own progress at INFO; libraries speak only when it matters.
+    for name in ("train_accelerate", "kspon_whisper", "kspon_dataset"):
         logging.getLogger(name).setLevel(logging.INFO)
     if cfg.push_only:
         print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")

@@ -1,5 +1,9 @@
-"""The KsponSpeech loading script, importable as a package: `from kspon_dataset import KsponSpeech`."""
+"""The KsponSpeech loading script, importable as a package on any datasets release.
 
-from .kspon_dataset import KsponSpeech, KsponSpeechConfig
+from kspon_dataset import load_kspon
+splits = load_kspon("/data/KsponSpeech", "spelling", split_scheme="random")
+"""
 
-__all__ = ["KsponSpeech", "KsponSpeechConfig"]
+from .kspon_dataset import KsponSpeech, KsponSpeechConfig, load_kspon
+
+__all__ = ["KsponSpeech", "KsponSpeechConfig", "load_kspon"]

@@ -11,37 +11,36 @@ every dropped utterance is counted by reason and logged per split.
 
 from __future__ import annotations
 
-import json
+import functools
+import hashlib
+import logging
 import os
-import tempfile
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import datasets
+import numpy as np
 
 from .corpus import (
     DURATION_REASONS,
     HOMEPAGE,
-    OFFICIAL_DEV_FOLDERS,
     SAMPLE_RATE,
     SKIP_REASONS,
-    CorruptMember,
-    eval_split_of,
+    SPLIT_SCHEMES,
+    Selection,
+    check_skips,
     find_sources,
-    index_source,
-    list_shards,
+    kept_line,
     missing_data_dir_message,
-    pcm_duration_seconds,
     pcm_to_wav,
-    random_split_of,
-    read_member,
     read_script_ids,
+    read_utterance,
+    select,
 )
-from .normalize import decode_transcript, normalize_transcript
+from .normalize import MODES
 
 _CITATION = """\
 @article{bang2020ksponspeech,
@@ -75,21 +74,18 @@ _TRANSCRIPT_FORMS = {
     "spelling": "The spelling side of dual transcriptions: (70%)/(칠 십 퍼센트) -> 70% (ESPnet, SpeechBrain, Lhotse).",
     "phonetic": "The pronunciation side of dual transcriptions: (70%)/(칠 십 퍼센트) -> 칠 십 퍼센트 (kospeech).",
 }
-_SPLIT_SCHEMES = ("random", "official")
-_VERSION = "1.0.0"
+_VERSION = "2.0.0"  # 2.0: the 8:1:1 split assigns whole folders
 
-# Below this many utterances one bad file already exceeds 1 %, so the ratio check waits for this many; the counts
-# are logged either way.
-MIN_UTTERANCES_FOR_SKIP_CHECK = 1_000
-
-logger = datasets.logging.get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class KsponSpeechConfig(datasets.BuilderConfig):
     """The config name is the transcript form; the fields below can be passed as `load_dataset` keywords."""
 
-    split_scheme: str = "random"  # "random": 8:1:1 by a hash of the id; "official": train.trn / dev.trn
+    # "random": 8:1:1 by recording folder; "random_utterance": 8:1:1 by utterance id (leaks conversations across
+    # splits; the blog's split, kept for comparison); "official": train.trn / dev.trn
+    split_scheme: str = "random"
     min_duration: float = 0.5  # seconds; shorter clips are dropped
     max_duration: float = 30.0  # seconds; longer clips are dropped (Whisper sees at most 30 s)
     max_skip_ratio: float = 0.01  # fail when more than this fraction is lost for reasons other than duration
@@ -100,10 +96,10 @@ class KsponSpeechConfig(datasets.BuilderConfig):
 
     def validate(self) -> None:
         # Also called from _split_generators: load_dataset's keywords are set on a copy, bypassing __post_init__.
-        if self.name not in _TRANSCRIPT_FORMS:
-            raise ValueError(f"Unknown config {self.name!r}: choose one of {sorted(_TRANSCRIPT_FORMS)}.")
-        if self.split_scheme not in _SPLIT_SCHEMES:
-            raise ValueError(f"split_scheme={self.split_scheme!r} is not one of {_SPLIT_SCHEMES}.")
+        if self.name not in MODES:
+            raise ValueError(f"Unknown config {self.name!r}: choose one of {MODES}.")
+        if self.split_scheme not in SPLIT_SCHEMES:
+            raise ValueError(f"split_scheme={self.split_scheme!r} is not one of {SPLIT_SCHEMES}.")
         if not 0 <= self.min_duration < self.max_duration:
             raise ValueError(f"Need 0 <= min_duration < max_duration, got {self.min_duration}, {self.max_duration}.")
         if not 0 <= self.max_skip_ratio <= 1:
@@ -131,7 +127,7 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
             features=datasets.Features(
                 {
                     "id": datasets.Value("string"),
-                    "audio": datasets.Audio(sampling_rate=SAMPLE_RATE),
+                    "audio": audio_feature(),
                     "text": datasets.Value("string"),
                     "raw_text": datasets.Value("string"),
                     "duration": datasets.Value("float32"),
@@ -143,140 +139,134 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
             citation=_CITATION,
         )
 
-    def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+    def selections(self, data_dir: str | None = None) -> dict[str, Selection]:
+        """Each split the download provides, decided from the archives' indexes before any audio is read."""
         self.config.validate()
-        data_dir = self.config.data_dir or dl_manager.manual_dir
-        if not data_dir or not os.path.isdir(os.path.expanduser(data_dir)):
-            raise FileNotFoundError(missing_data_dir_message(data_dir, self.config.name))
-        sources = find_sources(os.path.expanduser(data_dir))
-
-        wiring: dict[str, tuple[list, tuple[str, ...] | None]] = {}  # split -> (shards, the ids it lists, if any)
-        if self.config.split_scheme == "random":
-            shards = list_shards(sources.train)
-            wiring.update({split: (shards, None) for split in ("train", "validation", "test")})
+        data_dir = os.path.expanduser(data_dir or self.config.data_dir or "")
+        if not data_dir or not os.path.isdir(data_dir):
+            raise FileNotFoundError(missing_data_dir_message(data_dir or None, self.config.name))
+        sources, cfg = find_sources(data_dir), self.config
+        wiring: dict[str, tuple[tuple[str, ...], frozenset[str] | None]] = {}  # split -> (sources, ids it lists)
+        if cfg.split_scheme != "official":
+            wiring.update({split: (sources.train, None) for split in ("train", "validation", "test")})
         elif sources.train:
             if sources.scripts is None:
                 raise FileNotFoundError(
                     f"split_scheme='official' needs KsponSpeech_scripts.zip (train.trn, dev.trn) in {data_dir}; "
                     f"download it from {_HOMEPAGE}, or use split_scheme='random'."
                 )
-            dev_ids = tuple(read_script_ids(sources.scripts, "dev.trn"))
-            wiring["train"] = (list_shards(sources.train, lambda folder: folder not in OFFICIAL_DEV_FOLDERS), None)
-            wiring["validation"] = (list_shards(sources.train, OFFICIAL_DEV_FOLDERS.__contains__), dev_ids)
+            wiring["train"] = (sources.train, None)
+            wiring["validation"] = (sources.train, read_script_ids(sources.scripts, "dev.trn"))
         if sources.eval is not None:
-            eval_shards = list_shards((sources.eval,))
-            wiring.update({split: (eval_shards, None) for split in ("eval_clean", "eval_other")})
+            wiring.update({split: ((sources.eval,), None) for split in ("eval_clean", "eval_other")})
+        durations = {"min_duration": cfg.min_duration, "max_duration": cfg.max_duration}
+        chosen = {
+            split: select(split_sources, split, cfg.split_scheme, keep_ids=keep_ids, **durations)
+            for split, (split_sources, keep_ids) in wiring.items()
+        }
+        for split, selection in chosen.items():
+            check_skips(split, selection.tally, cfg.max_skip_ratio)
+        return {split: selection for split, selection in chosen.items() if len(selection)}
 
+    def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        selections = self.selections(self.config.data_dir or dl_manager.manual_dir)
+        for split, selection in selections.items():
+            tally = selection.tally + Counter(kept=selection.tally["candidates"])
+            logger.info(f"{kept_line(split, tally)} before reading; unreadable files are logged as they are met")
         return [
-            datasets.SplitGenerator(name=split, gen_kwargs={"shards": shards, "split": split, "keep_ids": keep_ids})
-            for split, (shards, keep_ids) in wiring.items()
-            if shards
+            datasets.SplitGenerator(name=split, gen_kwargs={"selection": selection, "shards": selection.shards()})
+            for split, selection in selections.items()
         ]
 
-    def _generate_examples(self, shards, split, keep_ids, report_dir=None) -> Iterator[tuple[str, dict]]:
-        in_split = self._membership(split, keep_ids)
-        tally, seen = Counter(), set()
-        for source, folder, start, stop in shards:
-            for utt in index_source(source)[folder][start:stop]:
-                if not in_split(utt.uid):
+    def _generate_examples(self, selection: Selection, shards: list[tuple[int, int]]) -> Iterator[tuple[str, dict]]:
+        for start, stop in shards:
+            for i in range(start, stop):
+                example, reason = read_utterance(selection, i, self.config.name)
+                if example is None:
+                    logger.info(f"Skipping {selection.utterance(i)[2]}: {reason}")
                     continue
-                tally["seen"] += 1 + utt.extra_copies
-                tally["duplicate_id"] += utt.extra_copies
-                example, reason = self._read_utterance(utt, seen)
-                tally[reason or "kept"] += 1
-                if example is not None:
-                    tally["odd_byte_count"] += utt.pcm.size % 2
-                    yield utt.uid, example
-        self._report(split, tally, report_dir)
-
-    def _read_utterance(self, utt, seen: set[str]) -> tuple[dict | None, str | None]:
-        """The example for one utterance, or the reason it is skipped. Cheap checks come before any audio read."""
-        if utt.uid in seen:
-            return None, "duplicate_id"
-        seen.add(utt.uid)
-        if utt.pcm is None:
-            return None, "missing_audio"
-        if utt.txt is None:
-            return None, "missing_transcript"
-        duration = pcm_duration_seconds(utt.pcm.size)
-        if duration == 0:
-            return None, "zero_length"
-        if duration < self.config.min_duration:
-            return None, "too_short"
-        if duration > self.config.max_duration:
-            return None, "too_long"
-        try:
-            raw_text = decode_transcript(read_member(utt.txt))
-            if raw_text is None:
-                return None, "undecodable_transcript"
-            text = normalize_transcript(raw_text, self.config.name)
-            if not text:
-                return None, "empty_text"
-            wav = pcm_to_wav(read_member(utt.pcm))
-        except CorruptMember as err:
-            logger.warning(f"Skipping {utt.uid}: {err}")
-            return None, "bad_crc"
-        example = {
-            "id": utt.uid,
-            "audio": {"path": f"{utt.uid}.wav", "bytes": wav},
-            "text": text,
-            "raw_text": raw_text,
-            "duration": duration,
-        }
-        return example, None
-
-    def _membership(self, split: str, keep_ids: tuple[str, ...] | None) -> Callable[[str], bool]:
-        if keep_ids is not None:
-            return frozenset(keep_ids).__contains__
-        if split.startswith("eval_"):
-            return lambda uid: eval_split_of(uid) == split
-        if self.config.split_scheme == "random":
-            return lambda uid: random_split_of(uid) == split
-        return lambda uid: True  # official train: its shards are exactly the folders train.trn lists
-
-    def _report(self, split: str, tally: Counter, report_dir: str | None) -> None:
-        """Prepared mode: leave the counts in report_dir for the split-level check in `_prepare_split`.
-
-        Streaming calls the generator once per shard and has no end of split, so the counts accumulate per process
-        and the check runs on the running total.
-        """
-        if report_dir is not None:
-            Path(report_dir, f"{uuid.uuid4().hex}.json").write_text(json.dumps(tally))
-            return
-        running = self.__dict__.setdefault("_streamed", {}).setdefault(split, Counter())
-        running.update(tally)
-        quiet = not _lost(tally)  # one line per shard would flood the log; speak up only when data was lost
-        _check_skips(f"{split} (streamed so far)", running, self.config.max_skip_ratio, quiet=quiet)
-
-    def _prepare_split(self, split_generator: datasets.SplitGenerator, **kwargs) -> None:
-        # Workers of `num_proc` each see part of a split; they leave their counts in report_dir so the split's
-        # "kept N of M" and the max_skip_ratio check cover the whole split.
-        with tempfile.TemporaryDirectory(prefix="kspon-report-") as report_dir:
-            split_generator.gen_kwargs["report_dir"] = report_dir
-            try:
-                super()._prepare_split(split_generator, **kwargs)
-            finally:
-                del split_generator.gen_kwargs["report_dir"]
-            tally = sum((Counter(json.loads(p.read_text())) for p in Path(report_dir).glob("*.json")), Counter())
-        _check_skips(split_generator.name, tally, self.config.max_skip_ratio)
+                wav = {"path": f"{example['id']}.wav", "bytes": pcm_to_wav(example.pop("pcm"))}
+                # float32 as the feature stores it, so streamed and prepared examples are equal on every release
+                yield example["id"], example | {"audio": wav, "duration": float(np.float32(example["duration"]))}
 
 
-def _lost(tally: Counter) -> int:
-    return sum(tally[r] for r in SKIP_REASONS if r not in DURATION_REASONS)
+@functools.lru_cache(maxsize=1)
+def audio_feature() -> datasets.Audio | dict:
+    """`datasets.Audio` wherever datasets can encode it; else the very same Arrow storage as a plain struct.
+
+    datasets >= 4 encodes and decodes audio through torchcodec, which needs FFmpeg. Without a working one, the
+    column holds the same 16 kHz WAV bytes as `{"bytes", "path"}`: cast it to `datasets.Audio` once torchcodec
+    works, or read the bytes with soundfile. The trainer reads the bytes itself and never needs torchcodec.
+    """
+    if int(datasets.__version__.split(".")[0]) < 4:
+        return datasets.Audio(sampling_rate=SAMPLE_RATE)
+    try:
+        import torchcodec.encoders  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as err:
+        logger.info(f"torchcodec does not load ({type(err).__name__}); `audio` holds WAV bytes as {{bytes, path}}.")
+        return {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+    return datasets.Audio(sampling_rate=SAMPLE_RATE)
 
 
-def _check_skips(split: str, tally: Counter, max_skip_ratio: float, quiet: bool = False) -> None:
-    seen, kept = tally["seen"], tally["kept"]
-    if not seen:
-        return
-    reasons = ", ".join(f"{r}: {tally[r]:,}" for r in SKIP_REASONS if tally[r]) or "none skipped"
-    if tally["odd_byte_count"]:
-        reasons += f"; {tally['odd_byte_count']:,} kept with an odd byte count, last byte dropped"
-    (logger.info if quiet else logger.warning)(f"{split}: kept {kept:,} of {seen:,} utterances ({reasons})")
-    lost = _lost(tally)
-    if seen >= MIN_UTTERANCES_FOR_SKIP_CHECK and lost / seen > max_skip_ratio:
-        raise ValueError(
-            f"{split}: {lost:,} of {seen:,} utterances ({lost / seen:.1%}) were unreadable or unusable ({reasons}), "
-            f"more than max_skip_ratio={max_skip_ratio:.1%}. Check the download (re-download any archive named in "
-            f"the warnings above), or pass a larger max_skip_ratio to load_dataset if this loss is expected."
-        )
+def load_kspon(
+    data_dir: str,
+    name: str = "spelling",
+    *,
+    streaming: bool = False,
+    num_proc: int | None = None,
+    cache_dir: str | None = None,
+    with_counts: bool = False,
+    **config_kwargs,
+):
+    """Every split of KsponSpeech, on any datasets release (3.6 through 5.x: no script loading needed).
+
+        from kspon_dataset import load_kspon
+        splits = load_kspon("/data/KsponSpeech", "spelling", split_scheme="random")             # prepared (Arrow)
+        stream = load_kspon("/data/KsponSpeech", streaming=True)                                  # read on the fly
+
+    The prepared cache is keyed by this package's code and by the archives read (their sizes and modification
+    times), so a new or replaced ZIP is read again instead of serving stale data. Each prepared split ends with one
+    "kept N of M (reasons)" line; `with_counts=True` also returns those counts, per split.
+    """
+    data_dir = os.path.expanduser(data_dir)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(missing_data_dir_message(data_dir, name))
+    builder = KsponSpeech(
+        config_name=name,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        hash=_cache_key(data_dir),
+        **config_kwargs,
+    )
+    if streaming:
+        return builder.as_streaming_dataset()
+    builder.download_and_prepare(num_proc=num_proc)
+    splits = builder.as_dataset()
+    counts = {
+        split: _count_prepared(split, selection, splits[split], builder.config)
+        for split, selection in builder.selections().items()
+    }
+    return (splits, counts) if with_counts else splits
+
+
+def _count_prepared(split: str, selection: Selection, prepared: datasets.Dataset, config) -> Counter:
+    """One line for the whole split, whatever num_proc was: what the index dropped, plus what reading dropped."""
+    tally = selection.tally + Counter(kept=len(prepared))
+    if len(prepared) < len(selection):  # rare (a damaged member, an undecodable transcript): re-read those to say why
+        kept_ids = set(prepared["id"])
+        for i in range(len(selection)):
+            if selection.utterance(i)[2] not in kept_ids:
+                tally[read_utterance(selection, i, config.name)[1] or "bad_crc"] += 1
+    lost = any(tally[reason] for reason in SKIP_REASONS if reason not in DURATION_REASONS)
+    (logger.warning if lost else logger.info)(kept_line(split, tally))
+    check_skips(split, tally, config.max_skip_ratio)
+    return tally
+
+
+def _cache_key(data_dir: str) -> str:
+    """This package's code and the archives it reads: either changing means preparing again."""
+    digest = hashlib.sha1(find_sources(data_dir).fingerprint().encode())
+    digest.update(repr(audio_feature()).encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,49 +1,75 @@
-"""From the KsponSpeech loading script to per-rank, resumable batches of Whisper inputs.
+"""From KsponSpeech to per-rank, resumable, decorrelated batches of Whisper inputs.
 
-Each rank reads its own part of the corpus (`split_dataset_by_node`) through a plain `StatefulDataLoader`; the
-loader is deliberately not passed to `accelerator.prepare`, which would shard it a second time and train on
-1/world_size of the data. Ranks whose part runs out first are handled in the training loop (`RankedBatches`).
+Every split is an ordered list of utterances decided from the archives' indexes (`KsponSpeech.selections`). Each
+epoch draws one permutation of the whole split from (seed, epoch); rank r takes every world_size-th utterance of it
+and DataLoader worker w every num_workers-th of those (`rank_order`). So a batch holds utterances from all over
+the corpus, each rank reads only its own utterances whatever the world size, and the order is a pure function of
+(seed, epoch, rank, world size, workers), which makes resuming exact.
+
+Streaming (`UtteranceStream`) reads each utterance straight from its ZIP member at random positions; map-style
+data is prepared Arrow rows indexed by `RankSampler` in the same order. Neither loader is passed to
+`accelerator.prepare`, which would shard it a second time; `datasets.distributed.split_dataset_by_node` is not used
+either, because it shards a streamed split by reading everything on every rank unless the shard count divides the
+world size (623 folders on 8 ranks: 8 reads per kept example). Ranks whose part runs out first are handled in the
+training loop (`ranked_batches`).
 """
 
 from __future__ import annotations
 
 import io
 import struct
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 import numpy as np
 import soundfile
 import torch
-from datasets.distributed import split_dataset_by_node
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import WhisperProcessor
 
+from kspon_dataset import KsponSpeech, load_kspon
+from kspon_dataset.corpus import READ_REASONS, SAMPLE_RATE, SKIP_REASONS, Selection, kept_line, read_utterance
+
 from .collator import WhisperCollator
 
-KSPON_SCRIPT = str(Path(__file__).resolve().parent.parent / "kspon_dataset")
-SAMPLE_RATE = 16_000
 # The fmt chunk body of 16 kHz mono signed 16-bit PCM: format 1, 1 channel, rate, byte rate, block align, bits.
 _PCM16_MONO_16K_FMT = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, 2 * SAMPLE_RATE, 2, 16)
 MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
 KEEP_COLUMNS = ("id", "audio", "text")
+COUNT_KEYS = ("seen", "kept", *SKIP_REASONS, "labels_too_long")  # a fixed order, to all-reduce as one vector
 
 
-def load_kspon(
-    data_dir: str, *, config: str, split_scheme: str, streaming: bool
-) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
-    """Every split the download provides (eval_* only when the eval ZIP is there), reduced to id, audio and text."""
-    splits = datasets.load_dataset(
-        KSPON_SCRIPT, config, data_dir=data_dir, split_scheme=split_scheme, streaming=streaming, trust_remote_code=True
-    )
-    # The batcher reads int16 samples straight from the WAV bytes: decoding through datasets would make float64
-    # arrays (4x the bytes) and import librosa in every worker. Measured: 1.6x the waveform loader's samples/s.
-    raw_audio = datasets.Audio(sampling_rate=SAMPLE_RATE, decode=False)
-    return {
-        name: split.select_columns(list(KEEP_COLUMNS)).cast_column("audio", raw_audio)
-        for name, split in splits.items()
-    }
+@dataclass
+class Split:
+    """One split for the trainer: the utterances and what was dropped before they reach a batch."""
+
+    data: Selection | datasets.Dataset  # streamed from the archives, or prepared Arrow rows
+    tally: Counter  # prepared: every drop; streamed: the index's drops (reading drops are counted per pass)
+    form: str  # transcript form, "spelling" or "phonetic"
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def load_splits(data_dir: str, *, config: str, split_scheme: str, streaming: bool) -> dict[str, Split]:
+    """Every split the download provides (eval_* only when the eval ZIP is there)."""
+    if streaming:
+        builder = KsponSpeech(config_name=config, data_dir=data_dir, split_scheme=split_scheme)
+        return {name: Split(s, s.tally, config) for name, s in builder.selections().items()}
+    prepared, tallies = load_kspon(data_dir, config, split_scheme=split_scheme, with_counts=True)
+    return {name: Split(_raw_audio(split), tallies[name], config) for name, split in prepared.items()}
+
+
+def _raw_audio(split: datasets.Dataset) -> datasets.Dataset:
+    """id, audio as WAV bytes, text. The batcher reads int16 samples from the bytes itself: decoding through
+    datasets makes float64 arrays (4x the bytes; measured 1.6x slower) and needs torchcodec/FFmpeg on datasets >= 4.
+    """
+    split = split.select_columns(list(KEEP_COLUMNS))
+    if isinstance(split.features["audio"], datasets.Audio):  # else already the plain {bytes, path} column
+        split = split.cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE, decode=False))
+    return split
 
 
 def wav_samples(data: bytes) -> np.ndarray:
@@ -56,15 +82,77 @@ def wav_samples(data: bytes) -> np.ndarray:
     return samples
 
 
-def shuffle_shards(dataset: datasets.IterableDataset, seed: int) -> datasets.IterableDataset:
-    """Shuffle the order of the shards (1,000-utterance folders) every epoch, with no shuffle buffer.
+def rank_order(n: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool) -> np.ndarray:
+    """This rank's positions in a split of n utterances for one epoch: disjoint across ranks, covering the split."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    return order[rank::world_size]
 
-    `IterableDataset.shuffle` adds a buffer whose content is not part of the resumable state, so a resumed run would
-    skip what the buffer held. We keep its per-epoch shard shuffling and drop the buffer layer (datasets<4 layout).
+
+class RankSampler(torch.utils.data.Sampler[int]):
+    """Map-style data in `rank_order`; the stateful loader resumes it by counting what it already yielded."""
+
+    def __init__(self, n: int, *, seed: int, rank: int, world_size: int, shuffle: bool):
+        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        order = rank_order(
+            self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size, shuffle=self.shuffle
+        )
+        return iter(order.tolist())
+
+
+class UtteranceStream(torch.utils.data.IterableDataset):
+    """This rank's utterances of a split, read from the archives in `rank_order`, split again across workers.
+
+    Yields `{"id", "audio" (int16 samples), "text"}`, or `{"id", "skip": reason}` for an utterance that cannot be
+    read, so the batcher counts it. Its state (epoch, position within this worker's list) is what the stateful
+    DataLoader saves for each worker; restoring it skips without reading anything.
     """
-    shuffled = dataset.shuffle(seed=seed, buffer_size=1)
-    shuffled._ex_iterable = dataset._ex_iterable
-    return shuffled
+
+    def __init__(self, split: Split, *, seed: int, rank: int, world_size: int, shuffle: bool):
+        self.split, self.seed, self.rank, self.world_size, self.shuffle = split, seed, rank, world_size, shuffle
+        self.epoch, self.position, self._resume_at = 0, 0, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def positions(self, worker: int, num_workers: int) -> np.ndarray:
+        order = rank_order(
+            len(self.split),
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            shuffle=self.shuffle,
+        )
+        return order[worker::num_workers]
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        positions = self.positions(info.id, info.num_workers) if info else self.positions(0, 1)
+        start, self._resume_at = (self._resume_at or 0), None
+        for i in range(start, len(positions)):
+            self.position = i + 1  # what a state saved after this row says: continue with the next one
+            example, reason = read_utterance(self.split.data, int(positions[i]), self.split.form)
+            if example is None:
+                yield {"id": self.split.data.utterance(int(positions[i]))[2], "skip": reason}
+                continue
+            pcm = example["pcm"]
+            yield {"id": example["id"], "audio": np.frombuffer(pcm, "<i2", len(pcm) // 2), "text": example["text"]}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        # The loop sets the epoch before loading the state; a state from another epoch means "from the start".
+        self._resume_at = state["position"] if state["epoch"] == self.epoch else 0
 
 
 @dataclass
@@ -75,23 +163,27 @@ class SpeechBatcher:
     collator: WhisperCollator
 
     def __call__(self, rows: list[dict]) -> dict:
-        kept, too_long = [], 0
+        kept, too_long, skipped = [], 0, Counter()
         for row in rows:
+            if "skip" in row:
+                skipped[row["skip"]] += 1
+                continue
             labels = self.processor.tokenizer(row["text"]).input_ids
             if len(labels) > MAX_LABEL_TOKENS:
                 too_long += 1
                 continue
-            kept.append(
-                {"audio": wav_samples(row["audio"]["bytes"]), "labels": labels, "id": row["id"], "text": row["text"]}
-            )
+            audio = row["audio"]
+            samples = wav_samples(audio["bytes"]) if isinstance(audio, dict) else audio
+            kept.append({"audio": samples, "labels": labels, "id": row["id"], "text": row["text"]})
         batch = self.collator(kept) if kept else {"id": []}
         batch["text"] = [row["text"] for row in kept]
         batch["num_too_long"] = too_long
+        batch["skipped"] = skipped
         return batch
 
 
 def make_dataloader(
-    dataset: datasets.Dataset | datasets.IterableDataset,
+    split: Split,
     batcher: SpeechBatcher,
     *,
     batch_size: int,
@@ -101,31 +193,56 @@ def make_dataloader(
     seed: int,
     shuffle: bool,
 ) -> StatefulDataLoader:
-    """A resumable loader over this rank's part of `dataset`."""
-    if isinstance(dataset, datasets.IterableDataset) and shuffle:
-        dataset = shuffle_shards(dataset, seed)
-    dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
-    sampler_kwargs = {}
-    if isinstance(dataset, datasets.Dataset) and shuffle:
-        sampler_kwargs = {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
-    if isinstance(dataset, datasets.IterableDataset):
-        num_workers = min(num_workers, dataset.num_shards)
+    """A resumable loader over this rank's part of `split`, in `rank_order`."""
+    order = {"seed": seed, "rank": rank, "world_size": world_size, "shuffle": shuffle}
+    if isinstance(split.data, Selection):
+        dataset, sampler = UtteranceStream(split, **order), None
+        num_workers = min(num_workers, max(1, len(split) // world_size))  # a worker with nothing to read is waste
+    else:
+        dataset, sampler = split.data, RankSampler(len(split), **order)
     return StatefulDataLoader(
         dataset,
         batch_size=batch_size,
+        sampler=sampler,
         collate_fn=batcher,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
+        # Not persistent: a new epoch's order must reach the workers, and forked workers share the parent's
+        # memory-mapped index, so starting them costs milliseconds.
+        persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
-        **sampler_kwargs,
     )
 
 
-def set_epoch(loader: StatefulDataLoader, epoch: int, seed: int) -> None:
-    """Reseed the epoch's order: shard order for streaming, the sampler's permutation for map-style data."""
-    if isinstance(loader.dataset, datasets.IterableDataset):
-        # datasets only applies a loaded state_dict when the epoch matches, so this runs before every epoch.
-        loader.dataset.set_epoch(epoch)
-    elif getattr(loader.sampler, "generator", None) is not None:
-        loader.sampler.generator.manual_seed(seed + epoch)
+def set_epoch(loader: StatefulDataLoader, epoch: int) -> None:
+    """Reseed the epoch's order; the loop calls this before every epoch, and before loading a saved state."""
+    (loader.dataset if isinstance(loader.dataset, UtteranceStream) else loader.sampler).set_epoch(epoch)
+
+
+class PassCounter:
+    """Counts one pass over a split as its batches go by, and says "kept N of M (reasons)" for all ranks together."""
+
+    def __init__(self, split: Split):
+        self.split, self.counts = split, Counter()
+
+    def add(self, batch: dict) -> None:
+        self.counts.update(kept=len(batch["id"]), labels_too_long=batch["num_too_long"])
+        self.counts.update(batch["skipped"])
+
+    def counted(self, batches: Iterable[dict]) -> Iterator[dict]:
+        for batch in batches:
+            self.add(batch)
+            yield batch
+
+    def total(self, accelerator) -> Counter:
+        """The whole split's counts, summed over ranks (every rank must call this); resets for the next pass."""
+        local = torch.tensor([float(self.counts[k]) for k in COUNT_KEYS], device=accelerator.device)
+        summed = dict(zip(COUNT_KEYS, accelerator.reduce(local, reduction="sum").long().tolist(), strict=True))
+        self.counts = Counter()
+        index_drops = Counter({k: v for k, v in self.split.tally.items() if k in SKIP_REASONS})
+        reading = Counter({k: summed[k] for k in (*READ_REASONS, "labels_too_long")})
+        return +(Counter(seen=self.split.tally["seen"], kept=summed["kept"]) + index_drops + reading)
+
+    def line(self, name: str, accelerator) -> tuple[str, Counter]:
+        total = self.total(accelerator)
+        return kept_line(name, total), total

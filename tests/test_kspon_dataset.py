@@ -1,4 +1,9 @@
-"""The loading script on generated corpora: splits, streaming = prepared, layouts, and every bad-input class."""
+"""The loading script on generated corpora: splits, streaming = prepared, layouts, and every bad-input class.
+
+Run under datasets 3.6 (script loading, `load_dataset("./kspon_dataset", ...)`) and under datasets 5.x
+(`load_kspon`, no script loading): `load` takes whichever path the installed release has, `prepare` always the
+documented call. Audio is compared as WAV bytes, so no test needs torchcodec/FFmpeg.
+"""
 
 import logging
 import shutil
@@ -9,9 +14,10 @@ from pathlib import Path
 import datasets
 import pytest
 
+import kspon_dataset.corpus as corpus_module
 import kspon_dataset.kspon_dataset as kspon_module
-from kspon_dataset import KsponSpeech
-from kspon_dataset.corpus import random_split_of
+from kspon_dataset import load_kspon
+from kspon_dataset.corpus import folder_split, utterance_split
 from kspon_dataset.sample_corpus import (
     Utterance,
     member_path,
@@ -23,23 +29,37 @@ from kspon_dataset.sample_corpus import (
 
 SCRIPT = str(Path(__file__).resolve().parent.parent / "kspon_dataset")
 FORBIDDEN = set("/+*()")
+SCRIPT_LOADING = int(datasets.__version__.split(".")[0]) < 4
+RAW_AUDIO = datasets.Audio(sampling_rate=16_000, decode=False)
+PINNED_HELD_OUT = [f"KsponSpeech_{n:04d}" for n in (4, 8, 11, 17, 21, 23, 32, 37)]  # folders 0001-0040
 
 
 def load(data_dir, config="spelling", **kwargs):
-    return datasets.load_dataset(SCRIPT, config, data_dir=str(data_dir), trust_remote_code=True, **kwargs)
+    """As a user of the installed datasets release loads it: the script where script loading exists."""
+    if SCRIPT_LOADING:
+        data = datasets.load_dataset(SCRIPT, config, data_dir=str(data_dir), trust_remote_code=True, **kwargs)
+    else:
+        data = load_kspon(str(data_dir), config, **kwargs)
+    return {name: raw_audio(split) for name, split in data.items()}
 
 
-def prepare(data_dir, tmp_path, config="spelling", num_proc=None, **config_kwargs) -> datasets.DatasetDict:
-    """The builder used directly, as `from kspon_dataset import KsponSpeech` users do, in a private cache."""
-    builder = KsponSpeech(
-        config_name=config, data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"), **config_kwargs
-    )
-    builder.download_and_prepare(num_proc=num_proc)
-    return builder.as_dataset()
+def raw_audio(split):
+    """WAV bytes, never decoded: datasets.Audio(decode=False), or the plain {bytes, path} column without torchcodec."""
+    return split.cast_column("audio", RAW_AUDIO) if isinstance(split.features["audio"], datasets.Audio) else split
+
+
+def prepare(data_dir, tmp_path, config="spelling", num_proc=None, **config_kwargs) -> dict:
+    """The documented call, `from kspon_dataset import load_kspon`, in a private cache."""
+    data = load_kspon(str(data_dir), config, num_proc=num_proc, cache_dir=str(tmp_path / "cache"), **config_kwargs)
+    return {name: raw_audio(split) for name, split in data.items()}
+
+
+def samples(example) -> int:
+    return (len(example["audio"]["bytes"]) - 44) // 2  # the script writes plain 44-byte WAV headers
 
 
 def as_rows(split) -> list[tuple]:
-    return [(ex["id"], ex["text"], ex["raw_text"], ex["duration"], ex["audio"]["array"].tobytes()) for ex in split]
+    return [(ex["id"], ex["text"], ex["raw_text"], ex["duration"], ex["audio"]["bytes"]) for ex in split]
 
 
 def pcm(seconds: float, uid: str = "x") -> bytes:
@@ -61,19 +81,28 @@ def test_random_scheme_yields_clean_deterministic_splits(tone_corpus):
     data = load(tone_corpus)
     assert set(data) == {"train", "validation", "test", "eval_clean", "eval_other"}
     for name, split in data.items():
-        assert split.features["audio"].sampling_rate == 16_000
+        assert split.features["audio"] in (RAW_AUDIO, kspon_module.audio_feature())
         for ex in split:
             assert ex["text"] and not FORBIDDEN & set(ex["text"]), (name, ex["text"])
-            assert ex["audio"]["array"].shape[0] == round(ex["duration"] * 16_000)
+            assert samples(ex) == round(ex["duration"] * 16_000)
             assert 0.5 <= ex["duration"] <= 30.0
-            if name in ("train", "validation", "test"):
-                assert random_split_of(ex["id"]) == name
     clean_ids = {int(ex["id"].removeprefix("KsponSpeech_E")) for ex in data["eval_clean"]}
     other_ids = {int(ex["id"].removeprefix("KsponSpeech_E")) for ex in data["eval_other"]}
     assert max(clean_ids) <= 3000 < min(other_ids)
     held_out = {ex["text"] for name in ("validation", "test") for ex in data[name]}
     assert len(data["train"]) > len(data["validation"]) > 0 and len(data["test"]) > 0
     assert not held_out & {ex["text"] for ex in data["train"]}, "a held-out sentence also appears in train"
+    folders = {name: {int(ex["id"][-6:]) // 1000 + 1 for ex in data[name]} for name in ("train", "validation", "test")}
+    for name, numbers in folders.items():
+        assert all(folder_split(f"KsponSpeech_{n:04d}") == name for n in numbers), name
+
+
+def test_random_utterance_scheme_is_the_blogs_leaky_split(tone_corpus):
+    data = load(tone_corpus, split_scheme="random_utterance")
+    for name in ("train", "validation", "test"):
+        assert all(utterance_split(ex["id"]) == name for ex in data[name])
+    folders = [{int(ex["id"][-6:]) // 1000 for ex in data[name]} for name in ("train", "validation", "test")]
+    assert folders[0] & (folders[1] | folders[2]), "the per-utterance split no longer shares folders (the leak)"
 
 
 def test_phonetic_config_takes_the_pronunciation_side(tone_corpus):
@@ -113,9 +142,21 @@ def test_num_proc_does_not_change_the_data(tone_corpus, tmp_path):
         assert sorted(as_rows(one[name])) == sorted(as_rows(two[name])), name
 
 
-def test_split_hash_is_stable_and_close_to_8_1_1():
+def test_folder_split_is_8_1_1_at_the_real_623_folders_and_stable():
+    folders = [f"KsponSpeech_{n:04d}" for n in range(1, 624)]
+    first = [folder_split(f) for f in folders]
+    assert first == [folder_split(f) for f in reversed(folders)][::-1], "a folder's split depends on other folders"
+    share = {k: v / len(folders) for k, v in Counter(first).items()}  # folders hold 1,000 utterances each
+    assert share == pytest.approx({"train": 0.8, "validation": 0.1, "test": 0.1}, abs=0.01)
+    for block in range(62):  # every block of ten consecutive folders is exactly 8:1:1
+        assert Counter(first[10 * block : 10 * block + 10]) == {"train": 8, "validation": 1, "test": 1}
+    # Pinned: a change here silently moves folders between train and test for everyone who trained before.
+    assert [f for f, s in zip(folders[:40], first[:40], strict=True) if s != "train"] == PINNED_HELD_OUT
+
+
+def test_utterance_split_hash_is_stable_and_close_to_8_1_1():
     ids = [f"KsponSpeech_{n:06d}" for n in range(1, 20_001)]
-    first, again = [random_split_of(i) for i in ids], [random_split_of(i) for i in ids]
+    first, again = [utterance_split(i) for i in ids], [utterance_split(i) for i in ids]
     assert first == again
     share = {k: v / len(ids) for k, v in Counter(first).items()}
     assert share["train"] == pytest.approx(0.8, abs=0.015)
@@ -173,7 +214,7 @@ def write_bad_corpus(root: Path) -> dict[str, str]:
     archive = root / "KsponSpeech_01.zip"
     _corrupt_member(archive, member_path(special[3].uid) + ".pcm")
     with zipfile.ZipFile(archive, "a") as z, pytest.warns(UserWarning, match="Duplicate name"):
-        z.writestr(member_path(special[4].uid) + ".pcm", special[4].pcm)
+        z.writestr(member_path(special[4].uid) + ".pcm", pcm(7.0, "second copy"))  # zipfile would read this one
     return {u.uid: reason for u, reason in bad.items()} | {special[3].uid: "bad_crc", special[4].uid: "duplicate_id"}
 
 
@@ -214,6 +255,9 @@ def test_every_bad_input_class_is_counted_not_fatal(bad_corpus, tmp_path, caplog
     assert totals == Counter(expected.values()), summary
     kept = sum(int(line.split("kept ")[1].split(" of ")[0]) for line in summary.splitlines())
     assert kept == len(examples) == 19 - len(expected) + 1
+    stored_twice = examples["KsponSpeech_000019"]
+    assert stored_twice["duration"] == pytest.approx(1.0), "measured on the first copy"
+    assert samples(stored_twice) == 16_000, "read from another copy than the one measured"
 
 
 def test_encodings_and_odd_bytes_are_read_right(bad_corpus, tmp_path):
@@ -222,7 +266,7 @@ def test_encodings_and_odd_bytes_are_read_right(bad_corpus, tmp_path):
     assert examples["KsponSpeech_000015"]["text"] == "똠방각하 SRT 탔어"
     assert examples["KsponSpeech_000016"]["raw_text"] == "똠방각하 왔어"
     odd = examples["KsponSpeech_000017"]
-    assert odd["audio"]["array"].shape[0] == 16_000 and odd["duration"] == pytest.approx(1.0)
+    assert samples(odd) == 16_000 and odd["duration"] == pytest.approx(1.0)
 
 
 def test_streaming_skips_the_same_utterances(bad_corpus, tmp_path):
@@ -235,7 +279,7 @@ def test_streaming_skips_the_same_utterances(bad_corpus, tmp_path):
 
 def test_too_much_loss_fails_with_a_clear_message(bad_corpus, tmp_path, monkeypatch):
     root, _ = bad_corpus
-    monkeypatch.setattr(kspon_module, "MIN_UTTERANCES_FOR_SKIP_CHECK", 1)
+    monkeypatch.setattr(corpus_module, "MIN_UTTERANCES_FOR_SKIP_CHECK", 1)
     with pytest.raises(ValueError, match=r"max_skip_ratio=1\.0%.*pass a larger max_skip_ratio"):
         prepare(root, tmp_path / "strict")
     assert prepare(root, tmp_path / "lenient", max_skip_ratio=0.9)["train"].num_rows > 0
@@ -280,7 +324,7 @@ def test_official_scheme_without_scripts_says_what_is_missing(tone_corpus, tmp_p
 
 
 def test_bad_config_values_list_the_valid_ones(tone_corpus, tmp_path):
-    with pytest.raises(ValueError, match="random.*official"):
+    with pytest.raises(ValueError, match="random.*random_utterance.*official"):
         prepare(tone_corpus, tmp_path, split_scheme="kaldi")
     with pytest.raises(ValueError, match="min_duration < max_duration"):
         prepare(tone_corpus, tmp_path, min_duration=5.0, max_duration=1.0)

@@ -51,7 +51,7 @@ def smoke_run(tiny_whisper_dir: Path, tone_corpus: Path, tmp_path_factory: pytes
         "log_every: 2\n"
         "save_every: 2\n"
         "eval_every: 2\n"
-        "max_eval_samples: 4\n"
+        "max_eval_samples: 2  # the tone corpus's validation folder holds 2 utterances\n"
         "generation_max_new_tokens: 4\n"
     )
     output_dir = work / "out"
@@ -80,7 +80,7 @@ def test_smoke_run_logs_one_greppable_line_per_log_step(smoke_run):
     assert float(lines[0]["lr"]) > 0  # 1e-3 from the YAML arrived as a number
     printed = smoke_run["stdout"].splitlines()
     assert any(
-        re.fullmatch(r"eval validation @ step 2 \| cer [\d.]+ \| wer .* \| 4 utterances", line) for line in printed
+        re.fullmatch(r"eval validation @ step 2 \| cer [\d.]+ \| wer .* \| 2 utterances", line) for line in printed
     )
     derived = "effective batch 4 = 4 per device x 1 accumulation x 1 processes | 4 optimizer steps = 16 samples"
     assert any(line.startswith(derived) for line in printed)
@@ -100,8 +100,13 @@ def test_smoke_run_writes_the_model_processor_and_generation_config(smoke_run):
 def test_smoke_run_writes_metrics_predictions_and_card(smoke_run):
     out = smoke_run["output_dir"]
     metrics = json.loads((out / "metrics.json").read_text())
+    counts = metrics["train"].pop("data")
     assert metrics["train"] == {"step": 4, "skipped_steps": 0, "labels_too_long": 0}
     for split in EVAL_SPLITS:
+        # One "kept N of M" line per whole pass, across workers and ranks; every utterance accounted for.
+        assert counts[split]["kept"] == metrics[split]["num_samples"]
+        assert counts[split]["seen"] == sum(n for reason, n in counts[split].items() if reason != "seen")
+        assert f"{split}: kept {counts[split]['kept']} of {counts[split]['seen']} utterances" in smoke_run["stdout"]
         assert all(math.isfinite(metrics[split][key]) for key in ("cer", "wer", "cer_nospace")), split
         rows = [json.loads(line) for line in (out / f"predictions_{split}.jsonl").read_text().splitlines()]
         assert len(rows) == metrics[split]["num_samples"] > 0
