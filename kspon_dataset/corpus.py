@@ -320,7 +320,8 @@ def index_source(source: str) -> ArchiveIndex:
     stem = index_cache_dir() / f"{Path(source).stem}-{key}"
     try:
         folders = tuple(json.loads(stem.with_suffix(".json").read_text()))
-        return ArchiveIndex(source, folders, np.load(stem.with_suffix(".npy"), mmap_mode="r"))
+        # Not np.load: datasets < 4 streaming swaps it for a version that hands numpy a file object, unmappable.
+        return ArchiveIndex(source, folders, np.lib.format.open_memmap(stem.with_suffix(".npy"), mode="r"))
     except (OSError, ValueError):
         pass
     index = _build_index(source, _zip_members(source))
