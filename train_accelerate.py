@@ -46,7 +46,6 @@ from kspon_whisper.evaluation import evaluate, write_predictions
 from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
 from kspon_whisper.log_mel import LogMelSpectrogram
 from kspon_whisper.metrics import SCORING_NORMALIZATION
-from kspon_whisper.unpadded import cropped_frames, encoder_input_frames
 
 logger = logging.getLogger("train_accelerate")
 
@@ -70,7 +69,6 @@ class TrainConfig:
     streaming: bool = True  # read straight from the ZIPs; False prepares Arrow files first (map-style)
     num_workers: int = 4  # DataLoader worker processes per rank
     log_mel_on_device: bool = True  # ship int16 audio, compute log-mel on the accelerator (False: in the workers)
-    crop_encoder_input: bool = False  # experimental: train the encoder on the batch's length, not 30 s
     label_bucket: int | None = None  # pad label length to a multiple of this (default 16 with torch_compile)
     # optimisation
     per_device_batch_size: int = 16  # examples per micro-batch per process
@@ -97,7 +95,7 @@ class TrainConfig:
     save_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
     save_total_limit: int = 2  # complete checkpoints kept
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
-    audit_dir: str | None = None  # write each rank's trained ids per epoch and final parameter digest here (tests)
+    trained_ids_dir: str | None = None  # debug: write the ids each rank trained on per epoch, and a weights digest
     # Hub
     push_to_hub: bool = False  # push the final model (one atomic commit) and its card
     hub_model_id: str | None = None  # "user/name" of the model repo
@@ -118,8 +116,6 @@ class TrainConfig:
             raise ValueError("--data_dir is required: the folder holding KsponSpeech_01.zip ... (see README).")
         if (self.push_to_hub or self.push_only) and not self.hub_model_id:
             raise ValueError("--push_to_hub/--push_only need --hub_model_id user/name.")
-        if self.crop_encoder_input and not self.log_mel_on_device:
-            raise ValueError("--crop_encoder_input needs --log_mel_on_device true (it crops by the audio lengths).")
         if self.streaming and self.max_steps <= 0:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
 
@@ -251,11 +247,10 @@ class Trainer:
         if cfg.torch_compile:
             self.model = torch.compile(self.model)
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
-        self.unwrapped = accelerator.unwrap_model(self.model)  # the bare model, for the encoder-length switch
         accelerator.register_for_checkpointing(self.scheduler)
         self.step, self.epoch, self.skipped_steps, self.too_long = 0, 0, 0, 0
         self.before_training: dict | None = None  # validation metrics of the untouched model, when asked for
-        self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with audit_dir
+        self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with trained_ids_dir
 
     def say(self, message: str) -> None:
         """One line on the main process, above the progress bar rather than glued to it (so `grep ^step` works)."""
@@ -283,12 +278,10 @@ class Trainer:
         per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)
         return math.ceil(per_epoch * self.cfg.num_epochs)
 
-    def model_inputs(self, batch: dict, crop: bool = False) -> dict:
+    def model_inputs(self, batch: dict) -> dict:
         device = self.accelerator.device
         if "input_audio" in batch:
             features = self.log_mel(batch["input_audio"].to(device, non_blocking=True))
-            if crop:
-                features = features[..., : cropped_frames(batch["audio_lengths"])]
         else:
             features = batch["input_features"].to(device, non_blocking=True)
         return {"input_features": features, "labels": batch["labels"].to(device, non_blocking=True)}
@@ -334,11 +327,10 @@ class Trainer:
             rng_after_load = None
             for batch, weight in ranked_batches(acc, self.train_loader, after_first_fetch=restore):
                 self.too_long += batch["num_too_long"] * (weight > 0)
-                if cfg.audit_dir and weight:
+                if cfg.trained_ids_dir and weight:
                     self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
-                inputs = self.model_inputs(batch, crop=cfg.crop_encoder_input)
-                frames = inputs["input_features"].shape[-1]
-                with explain_out_of_memory(cfg), encoder_input_frames(self.unwrapped, frames):
+                inputs = self.model_inputs(batch)
+                with explain_out_of_memory(cfg):
                     loss, grad_norm, stepped = training_step(
                         acc, self.model, self.optimizer, self.scheduler, inputs, weight, cfg.max_grad_norm
                     )
@@ -357,18 +349,21 @@ class Trainer:
             else:
                 self.epoch += 1
         bar.close()
-        if cfg.audit_dir:
-            self.write_audit(Path(cfg.audit_dir))
+        if cfg.trained_ids_dir:
+            self.write_trained_ids(Path(cfg.trained_ids_dir))
 
-    def write_audit(self, audit_dir: Path) -> None:
-        """What this rank trained on and where it ended: the two-process test checks sharding and DDP sync."""
+    def write_trained_ids(self, folder: Path) -> None:
+        """rank{N}.json: the ids this rank trained on, per epoch, and a sha256 of the weights it ended with.
+
+        For debugging sharding and resumption: every id once per epoch across ranks, identical digests on all ranks.
+        """
         digest = hashlib.sha256()
         for name, tensor in sorted(self.accelerator.unwrap_model(self.model).state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        audit_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         record = {"rank": self.accelerator.process_index, "ids": self.trained_ids, "params_sha256": digest.hexdigest()}
-        (audit_dir / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(record))
+        (folder / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(record))
 
     def on_step_end(self, window: dict) -> None:
         cfg, last_step = self.cfg, self.step == self.max_steps
