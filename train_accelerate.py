@@ -28,6 +28,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class TrainConfig:
     label_bucket: int | None = None  # pad label length to a multiple of this (default 16 with torch_compile)
     # optimisation
     per_device_batch_size: int = 16  # examples per micro-batch per process
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (fewer at the end of an epoch)
     learning_rate: float = 1e-5  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     lr_scheduler: str = "linear"  # decay after warmup: "linear" or "cosine"
@@ -116,6 +117,9 @@ class TrainConfig:
             raise ValueError("--data_dir is required: the folder holding KsponSpeech_01.zip ... (see README).")
         if (self.push_to_hub or self.push_only) and not self.hub_model_id:
             raise ValueError("--push_to_hub/--push_only need --hub_model_id user/name.")
+        for name in ("per_device_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.streaming and self.max_steps <= 0:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
 
@@ -163,24 +167,65 @@ def configure_model(model: WhisperForConditionalGeneration, cfg: TrainConfig) ->
         model.model.encoder.requires_grad_(False)
 
 
-def training_step(accelerator, model, optimizer, scheduler, inputs: dict, weight: float, max_grad_norm: float):
-    """One micro-batch. Returns (loss, grad_norm, stepped); grad_norm is None until gradients are synced.
+def training_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    window: list[tuple[dict, float]],
+    max_grad_norm: float,
+    model_inputs: Callable[[dict], dict] = dict,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step on a window of (batch, weight) micro-batches; returns (loss, grad_norm, stepped).
 
-    `weight` is 0 for the filler batch of a rank whose data ran out before the others' (see `ranked_batches`).
+    The objective is the summed token loss of the window on every rank over the number of those tokens, so that
+    4 x 2 accumulation is the batch of 8 even when label lengths differ (the model's loss is a per-micro-batch
+    mean). `weight` is 0 for the filler batch of a rank whose data ran out before the others' (`ranked_batches`).
+    The returned loss, averaged over ranks, is the window's mean token loss.
+
+    Not `accelerator.accumulate`: it counts micro-batches itself and knows epoch ends only from a prepared loader
+    (ours is not prepared), so its steps would straddle epochs, and its backward divides by the nominal window
+    size, which is wrong for the shorter last window of an epoch.
     """
-    grad_norm, stepped = None, False
-    with accelerator.accumulate(model):
-        loss = model(**inputs).loss
-        accelerator.backward(loss * weight)
-        if accelerator.sync_gradients:
-            # The norm is computed after the gradient all-reduce, so every rank takes the same decision here.
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-            stepped = bool(torch.isfinite(grad_norm))  # note: a CPU-GPU sync point, once per optimizer step
-            if stepped:
-                optimizer.step()
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), grad_norm, stepped
+    tokens = [label_tokens(batch) * weight for batch, weight in window]
+    total = accelerator.reduce(torch.tensor(float(sum(tokens)), device=accelerator.device), reduction="sum")
+    scale = accelerator.num_processes / max(total.item(), 1.0)  # DDP averages gradients over ranks; this undoes it
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for index, ((batch, _), num_tokens) in enumerate(zip(window, tokens, strict=True)):
+        # Gradients are all-reduced once, in the window's last backward.
+        last = index == len(window) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = model(**model_inputs(batch)).loss * (num_tokens * scale)
+            accelerator.backward(loss)
+        loss_sum += loss.detach()
+    # The norm is computed after the gradient all-reduce, so every rank takes the same decision here.
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    stepped = bool(torch.isfinite(grad_norm))  # note: a CPU-GPU sync point, once per optimizer step
+    if stepped:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm, stepped
+
+
+def label_tokens(batch: dict) -> int:
+    """Label positions that count in the loss (padding is -100)."""
+    return int((batch["labels"] != -100).sum())
+
+
+def accumulation_windows(batches: Iterable[tuple[dict, float]], size: int) -> Iterator[list[tuple[dict, float]]]:
+    """Group one epoch's micro-batches into windows of `size`; the epoch's last window holds what is left.
+
+    Every rank gets the same number of micro-batches per epoch (`ranked_batches` fills in), so the windows agree.
+    """
+    window = []
+    for item in batches:
+        window.append(item)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def ranked_batches(accelerator: Accelerator, loader, after_first_fetch=None):
@@ -275,7 +320,7 @@ class Trainer:
         # `ranked_batches`); every rank must agree on max_steps, or the schedules differ and the last reduce hangs.
         batches = torch.tensor(len(self.train_loader), device=self.accelerator.device)
         batches = int(self.accelerator.reduce(batches, reduction="max"))
-        per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)
+        per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)  # the last window ends with the epoch
         return math.ceil(per_epoch * self.cfg.num_epochs)
 
     def model_inputs(self, batch: dict) -> dict:
@@ -316,7 +361,7 @@ class Trainer:
         if cfg.eval_before_training and self.step == 0:
             self.before_training = self.evaluate_and_log("validation", cfg.max_eval_samples)
         bar = tqdm(total=self.max_steps, initial=self.step, desc="train", disable=not acc.is_local_main_process)
-        window = {"loss": 0.0, "micro": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
+        tally = {"loss": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
         while self.step < self.max_steps:
             set_epoch(self.train_loader, self.epoch, cfg.seed)
             if loader_state is not None:
@@ -325,25 +370,21 @@ class Trainer:
             # Creating the iterator and fetching from it consume RNG; on resume, put the saved state back after.
             restore = (lambda state=rng_after_load: restore_rng(state)) if rng_after_load is not None else None
             rng_after_load = None
-            for batch, weight in ranked_batches(acc, self.train_loader, after_first_fetch=restore):
-                self.too_long += batch["num_too_long"] * (weight > 0)
-                if cfg.trained_ids_dir and weight:
-                    self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
-                inputs = self.model_inputs(batch)
+            batches = ranked_batches(acc, self.train_loader, after_first_fetch=restore)
+            for window in accumulation_windows(batches, cfg.gradient_accumulation_steps):
+                self.count_trained(window)
                 with explain_out_of_memory(cfg):
                     loss, grad_norm, stepped = training_step(
-                        acc, self.model, self.optimizer, self.scheduler, inputs, weight, cfg.max_grad_norm
+                        acc, self.model, self.optimizer, self.scheduler, window, cfg.max_grad_norm, self.model_inputs
                     )
-                window["loss"] += loss * weight
-                window["micro"] += weight
-                window["samples"] += len(batch["id"]) * weight
-                if grad_norm is None:
-                    continue
                 self.step += 1
                 self.skipped_steps += not stepped
-                window["grad_norm"] = grad_norm
+                tally["loss"] += loss
+                tally["steps"] += 1
+                tally["samples"] += sum(len(batch["id"]) * weight for batch, weight in window)
+                tally["grad_norm"] = grad_norm
                 bar.update(1)
-                self.on_step_end(window)
+                self.on_step_end(tally)
                 if self.step >= self.max_steps:
                     break
             else:
@@ -351,6 +392,13 @@ class Trainer:
         bar.close()
         if cfg.trained_ids_dir:
             self.write_trained_ids(Path(cfg.trained_ids_dir))
+
+    def count_trained(self, window: list[tuple[dict, float]]) -> None:
+        for batch, weight in window:
+            if weight:  # a filler batch repeats one already counted
+                self.too_long += batch["num_too_long"]
+                if self.cfg.trained_ids_dir:
+                    self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
 
     def write_trained_ids(self, folder: Path) -> None:
         """rank{N}.json: the ids this rank trained on, per epoch, and a sha256 of the weights it ended with.
@@ -365,26 +413,26 @@ class Trainer:
         record = {"rank": self.accelerator.process_index, "ids": self.trained_ids, "params_sha256": digest.hexdigest()}
         (folder / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(record))
 
-    def on_step_end(self, window: dict) -> None:
+    def on_step_end(self, tally: dict) -> None:
         cfg, last_step = self.cfg, self.step == self.max_steps
         if self.step % cfg.log_every == 0 or last_step:
-            self.log_window(window)
+            self.log_window(tally)
         if cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
             self.evaluate_and_log("validation", cfg.max_eval_samples)
         if (cfg.save_every and self.step % cfg.save_every == 0) or last_step:
             self.save_checkpoint()
 
-    def log_window(self, window: dict) -> None:
+    def log_window(self, tally: dict) -> None:
         acc = self.accelerator
-        elapsed = time.perf_counter() - window["start"]
+        elapsed = time.perf_counter() - tally["start"]
         totals = acc.reduce(
-            torch.tensor([float(window["loss"]), window["micro"], window["samples"]], device=acc.device)
+            torch.tensor([float(tally["loss"]), tally["steps"], tally["samples"]], device=acc.device), reduction="sum"
         )
-        loss_sum, micro, samples = totals.tolist()
+        loss_sum, steps, samples = totals.tolist()
         values = {
-            "loss": loss_sum / max(micro, 1),
+            "loss": loss_sum / max(steps, 1),  # each rank's step loss is its share x num_processes: the mean is exact
             "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": float(window["grad_norm"]),
+            "grad_norm": float(tally["grad_norm"]),
             "samples_per_s": samples / elapsed,
             "epoch": self.epoch,
             "skipped_steps": self.skipped_steps,
@@ -394,7 +442,7 @@ class Trainer:
             f"{values['grad_norm']:.3g} | {values['samples_per_s']:.1f} samples/s | skipped {self.skipped_steps}"
         )
         acc.log(values, step=self.step)
-        window.update(loss=0.0, micro=0, samples=0, start=time.perf_counter())
+        tally.update(loss=0.0, steps=0, samples=0, start=time.perf_counter())
 
     def evaluate_and_log(self, split: str, max_samples: int | None = None) -> dict[str, float]:
         metrics, records = evaluate(
@@ -505,8 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.push_only:
         print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
         return
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+    accelerator = Accelerator(  # no gradient_accumulation_steps: `training_step` accumulates itself (see there)
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=f"{cfg.output_dir}/logs"),
     )

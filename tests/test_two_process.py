@@ -3,7 +3,8 @@
 `accelerate launch --cpu --num_processes 2` silently starts one process, so the test launches with
 ACCELERATE_USE_CPU=true and --multi_gpu, which starts two. On the tone corpus the ranks hold different numbers of
 batches (the test checks it), so one rank runs out first and must fill in weight-0 batches (the ragged end), where a
-naive loop would hang in the gradient all-reduce.
+naive loop would hang in the gradient all-reduce. The map-style run accumulates 2 micro-batches per step, so the
+fillers also sit inside accumulation windows, and `--num_epochs 1` must stop after exactly one pass.
 """
 
 import json
@@ -31,7 +32,7 @@ LAUNCH = [
 # epoch, which both ranks must count alike (the longer rank's batches) or the schedules would differ.
 DATA_ARGS = {
     "streaming": ["--streaming", "true", "--max_steps", "7"],
-    "map-style": ["--streaming", "false", "--num_epochs", "1"],
+    "map-style": ["--streaming", "false", "--num_epochs", "1", "--gradient_accumulation_steps", "2"],
 }
 
 
