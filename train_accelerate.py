@@ -29,6 +29,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,6 @@ from kspon_whisper.evaluation import evaluate, write_predictions
 from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
 from kspon_whisper.log_mel import LogMelSpectrogram
 from kspon_whisper.metrics import SCORING_NORMALIZATION
-from kspon_whisper.unpadded import cropped_frames, encoder_input_frames
 
 logger = logging.getLogger("train_accelerate")
 
@@ -71,11 +71,10 @@ class TrainConfig:
     streaming: bool = True  # read straight from the ZIPs; False prepares Arrow files first (map-style)
     num_workers: int = 4  # DataLoader worker processes per rank
     log_mel_on_device: bool = True  # ship int16 audio, compute log-mel on the accelerator (False: in the workers)
-    crop_encoder_input: bool = False  # experimental: train the encoder on the batch's length, not 30 s
     label_bucket: int | None = None  # pad label length to a multiple of this (default 16 with torch_compile)
     # optimisation
     per_device_batch_size: int = 16  # examples per micro-batch per process
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (fewer at the end of an epoch)
     learning_rate: float = 1e-5  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     lr_scheduler: str = "linear"  # decay after warmup: "linear" or "cosine"
@@ -98,7 +97,7 @@ class TrainConfig:
     save_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
     save_total_limit: int = 2  # complete checkpoints kept
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
-    audit_dir: str | None = None  # write each rank's trained ids per epoch and final parameter digest here (tests)
+    trained_ids_dir: str | None = None  # debug: write the ids each rank trained on per epoch, and a weights digest
     # Hub
     push_to_hub: bool = False  # push the final model (one atomic commit) and its card
     hub_model_id: str | None = None  # "user/name" of the model repo
@@ -119,8 +118,9 @@ class TrainConfig:
             raise ValueError("--data_dir is required: the folder holding KsponSpeech_01.zip ... (see README).")
         if (self.push_to_hub or self.push_only) and not self.hub_model_id:
             raise ValueError("--push_to_hub/--push_only need --hub_model_id user/name.")
-        if self.crop_encoder_input and not self.log_mel_on_device:
-            raise ValueError("--crop_encoder_input needs --log_mel_on_device true (it crops by the audio lengths).")
+        for name in ("per_device_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.streaming and self.max_steps <= 0:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
 
@@ -168,24 +168,65 @@ def configure_model(model: WhisperForConditionalGeneration, cfg: TrainConfig) ->
         model.model.encoder.requires_grad_(False)
 
 
-def training_step(accelerator, model, optimizer, scheduler, inputs: dict, weight: float, max_grad_norm: float):
-    """One micro-batch. Returns (loss, grad_norm, stepped); grad_norm is None until gradients are synced.
+def training_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    window: list[tuple[dict, float]],
+    max_grad_norm: float,
+    model_inputs: Callable[[dict], dict] = dict,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step on a window of (batch, weight) micro-batches; returns (loss, grad_norm, stepped).
 
-    `weight` is 0 for the filler batch of a rank whose data ran out before the others' (see `ranked_batches`).
+    The objective is the summed token loss of the window on every rank over the number of those tokens, so that
+    4 x 2 accumulation is the batch of 8 even when label lengths differ (the model's loss is a per-micro-batch
+    mean). `weight` is 0 for the filler batch of a rank whose data ran out before the others' (`ranked_batches`).
+    The returned loss, averaged over ranks, is the window's mean token loss.
+
+    Not `accelerator.accumulate`: it counts micro-batches itself and knows epoch ends only from a prepared loader
+    (ours is not prepared), so its steps would straddle epochs, and its backward divides by the nominal window
+    size, which is wrong for the shorter last window of an epoch.
     """
-    grad_norm, stepped = None, False
-    with accelerator.accumulate(model):
-        loss = model(**inputs).loss
-        accelerator.backward(loss * weight)
-        if accelerator.sync_gradients:
-            # The norm is computed after the gradient all-reduce, so every rank takes the same decision here.
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-            stepped = bool(torch.isfinite(grad_norm))  # note: a CPU-GPU sync point, once per optimizer step
-            if stepped:
-                optimizer.step()
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), grad_norm, stepped
+    tokens = [label_tokens(batch) * weight for batch, weight in window]
+    total = accelerator.reduce(torch.tensor(float(sum(tokens)), device=accelerator.device), reduction="sum")
+    scale = accelerator.num_processes / max(total.item(), 1.0)  # DDP averages gradients over ranks; this undoes it
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for index, ((batch, _), num_tokens) in enumerate(zip(window, tokens, strict=True)):
+        # Gradients are all-reduced once, in the window's last backward.
+        last = index == len(window) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = model(**model_inputs(batch)).loss * (num_tokens * scale)
+            accelerator.backward(loss)
+        loss_sum += loss.detach()
+    # The norm is computed after the gradient all-reduce, so every rank takes the same decision here.
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    stepped = bool(torch.isfinite(grad_norm))  # note: a CPU-GPU sync point, once per optimizer step
+    if stepped:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm, stepped
+
+
+def label_tokens(batch: dict) -> int:
+    """Label positions that count in the loss (padding is -100)."""
+    return int((batch["labels"] != -100).sum())
+
+
+def accumulation_windows(batches: Iterable[tuple[dict, float]], size: int) -> Iterator[list[tuple[dict, float]]]:
+    """Group one epoch's micro-batches into windows of `size`; the epoch's last window holds what is left.
+
+    Every rank gets the same number of micro-batches per epoch (`ranked_batches` fills in), so the windows agree.
+    """
+    window = []
+    for item in batches:
+        window.append(item)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def ranked_batches(accelerator: Accelerator, loader, after_first_fetch=None):
@@ -254,11 +295,10 @@ class Trainer:
         if cfg.torch_compile:
             self.model = torch.compile(self.model)
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
-        self.unwrapped = accelerator.unwrap_model(self.model)  # the bare model, for the encoder-length switch
         accelerator.register_for_checkpointing(self.scheduler)
         self.step, self.epoch, self.skipped_steps, self.too_long = 0, 0, 0, 0
         self.before_training: dict | None = None  # validation metrics of the untouched model, when asked for
-        self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with audit_dir
+        self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with trained_ids_dir
 
     def say(self, message: str) -> None:
         """One line on the main process, above the progress bar rather than glued to it (so `grep ^step` works)."""
@@ -283,15 +323,13 @@ class Trainer:
         # `ranked_batches`); every rank must agree on max_steps, or the schedules differ and the last reduce hangs.
         batches = torch.tensor(len(self.train_loader), device=self.accelerator.device)
         batches = int(self.accelerator.reduce(batches, reduction="max"))
-        per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)
+        per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)  # the last window ends with the epoch
         return math.ceil(per_epoch * self.cfg.num_epochs)
 
-    def model_inputs(self, batch: dict, crop: bool = False) -> dict:
+    def model_inputs(self, batch: dict) -> dict:
         device = self.accelerator.device
         if "input_audio" in batch:
             features = self.log_mel(batch["input_audio"].to(device, non_blocking=True))
-            if crop:
-                features = features[..., : cropped_frames(batch["audio_lengths"])]
         else:
             features = batch["input_features"].to(device, non_blocking=True)
         return {"input_features": features, "labels": batch["labels"].to(device, non_blocking=True)}
@@ -327,7 +365,7 @@ class Trainer:
         if cfg.eval_before_training and self.step == 0:
             self.before_training = self.evaluate_and_log("validation", cfg.max_eval_samples)
         bar = tqdm(total=self.max_steps, initial=self.step, desc="train", disable=not acc.is_local_main_process)
-        window = {"loss": 0.0, "micro": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
+        tally = {"loss": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
         while self.step < self.max_steps:
             set_epoch(self.train_loader, self.epoch)
             if loader_state is not None:
@@ -337,70 +375,75 @@ class Trainer:
             restore = (lambda state=rng_after_load: restore_rng(state)) if rng_after_load is not None else None
             rng_after_load = None
             batches = self.train_counts.counted(self.train_loader)  # every batch fetched, before any filler
-            for batch, weight in ranked_batches(acc, batches, after_first_fetch=restore):
-                self.too_long += batch["num_too_long"] * (weight > 0)
-                if cfg.audit_dir and weight:
-                    self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
-                inputs = self.model_inputs(batch, crop=cfg.crop_encoder_input)
-                frames = inputs["input_features"].shape[-1]
-                with explain_out_of_memory(cfg), encoder_input_frames(self.unwrapped, frames):
+            batches = ranked_batches(acc, batches, after_first_fetch=restore)
+            for window in accumulation_windows(batches, cfg.gradient_accumulation_steps):
+                self.count_trained(window)
+                with explain_out_of_memory(cfg):
                     loss, grad_norm, stepped = training_step(
-                        acc, self.model, self.optimizer, self.scheduler, inputs, weight, cfg.max_grad_norm
+                        acc, self.model, self.optimizer, self.scheduler, window, cfg.max_grad_norm, self.model_inputs
                     )
-                window["loss"] += loss * weight
-                window["micro"] += weight
-                window["samples"] += len(batch["id"]) * weight
-                if grad_norm is None:
-                    continue
                 self.step += 1
                 self.skipped_steps += not stepped
-                window["grad_norm"] = grad_norm
+                tally["loss"] += loss
+                tally["steps"] += 1
+                tally["samples"] += sum(len(batch["id"]) * weight for batch, weight in window)
+                tally["grad_norm"] = grad_norm
                 bar.update(1)
-                self.on_step_end(window)
+                self.on_step_end(tally)
                 if self.step >= self.max_steps:
                     break
             else:
                 self.end_of_pass()
                 self.epoch += 1
         bar.close()
-        if cfg.audit_dir:
-            self.write_audit(Path(cfg.audit_dir))
+        if cfg.trained_ids_dir:
+            self.write_trained_ids(Path(cfg.trained_ids_dir))
 
     def end_of_pass(self) -> None:
         line, counts = self.train_counts.line(f"train pass {self.epoch + 1}", self.accelerator)
         self.say(line)
         self.data_counts["train"] = dict(counts)
 
-    def write_audit(self, audit_dir: Path) -> None:
-        """What this rank trained on and where it ended: the two-process test checks sharding and DDP sync."""
+    def count_trained(self, window: list[tuple[dict, float]]) -> None:
+        for batch, weight in window:
+            if weight:  # a filler batch repeats one already counted
+                self.too_long += batch["num_too_long"]
+                if self.cfg.trained_ids_dir:
+                    self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
+
+    def write_trained_ids(self, folder: Path) -> None:
+        """rank{N}.json: the ids this rank trained on, per epoch, and a sha256 of the weights it ended with.
+
+        For debugging sharding and resumption: every id once per epoch across ranks, identical digests on all ranks.
+        """
         digest = hashlib.sha256()
         for name, tensor in sorted(self.accelerator.unwrap_model(self.model).state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        audit_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         record = {"rank": self.accelerator.process_index, "ids": self.trained_ids, "params_sha256": digest.hexdigest()}
-        (audit_dir / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(record))
+        (folder / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(record))
 
-    def on_step_end(self, window: dict) -> None:
+    def on_step_end(self, tally: dict) -> None:
         cfg, last_step = self.cfg, self.step == self.max_steps
         if self.step % cfg.log_every == 0 or last_step:
-            self.log_window(window)
+            self.log_window(tally)
         if cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
             self.evaluate_and_log("validation", cfg.max_eval_samples)
         if (cfg.save_every and self.step % cfg.save_every == 0) or last_step:
             self.save_checkpoint()
 
-    def log_window(self, window: dict) -> None:
+    def log_window(self, tally: dict) -> None:
         acc = self.accelerator
-        elapsed = time.perf_counter() - window["start"]
+        elapsed = time.perf_counter() - tally["start"]
         totals = acc.reduce(
-            torch.tensor([float(window["loss"]), window["micro"], window["samples"]], device=acc.device)
+            torch.tensor([float(tally["loss"]), tally["steps"], tally["samples"]], device=acc.device), reduction="sum"
         )
-        loss_sum, micro, samples = totals.tolist()
+        loss_sum, steps, samples = totals.tolist()
         values = {
-            "loss": loss_sum / max(micro, 1),
+            "loss": loss_sum / max(steps, 1),  # each rank's step loss is its share x num_processes: the mean is exact
             "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": float(window["grad_norm"]),
+            "grad_norm": float(tally["grad_norm"]),
             "samples_per_s": samples / elapsed,
             "epoch": self.epoch,
             "skipped_steps": self.skipped_steps,
@@ -410,7 +453,7 @@ class Trainer:
             f"{values['grad_norm']:.3g} | {values['samples_per_s']:.1f} samples/s | skipped {self.skipped_steps}"
         )
         acc.log(values, step=self.step)
-        window.update(loss=0.0, micro=0, samples=0, start=time.perf_counter())
+        tally.update(loss=0.0, steps=0, samples=0, start=time.perf_counter())
 
     def evaluate_and_log(self, split: str, max_samples: int | None = None) -> dict[str, float]:
         counter = PassCounter(self.splits[split])
@@ -529,8 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.push_only:
         print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
         return
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+    accelerator = Accelerator(  # no gradient_accumulation_steps: `training_step` accumulates itself (see there)
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=f"{cfg.output_dir}/logs"),
     )

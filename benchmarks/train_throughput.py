@@ -37,9 +37,10 @@ from transformers import (
     WhisperProcessor,
 )
 
+from kspon_dataset.corpus import read_utterance
 from kspon_whisper.collator import WhisperCollator
 from kspon_whisper.convert_ct2 import DEFAULT_OUTPUT_DIR, build_offline_whisper
-from kspon_whisper.data import KSPON_SCRIPT
+from kspon_whisper.data import load_splits
 from kspon_whisper.flops import mfu, whisper_training_flops
 from kspon_whisper.log_mel import LogMelSpectrogram
 from kspon_whisper.tiny import whisper_config
@@ -66,8 +67,12 @@ class Result:
 
 def make_examples(processor: WhisperProcessor, count: int, seed: int = 0) -> list[dict]:
     """Sample-corpus clips joined until their labels hold 30-60 tokens (KsponSpeech's range), ≤ 30 s of audio."""
-    corpus = datasets.load_dataset(KSPON_SCRIPT, data_dir=str(SAMPLE), split="train", trust_remote_code=True)
-    rows = [(np.round(ex["audio"]["array"] * 32768).astype(np.int16), ex["text"]) for ex in corpus]
+    train = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)["train"].data
+    rows = [
+        (np.frombuffer(ex["pcm"], "<i2"), ex["text"])
+        for i in range(len(train))
+        if (ex := read_utterance(train, i, "spelling")[0])
+    ]
     rng = np.random.default_rng(seed)
     examples = []
     while len(examples) < count:

@@ -1,11 +1,13 @@
-"""Shared fixtures: the real offline Whisper, a tiny random Whisper, and generated corpora.
+"""Shared fixtures: the real offline Whisper, a tiny random Whisper, and generated corpora; a time limit per test.
 
 Tests never reach the network: the Hub is switched off before any Hugging Face library is imported, and every
 datasets cache lives in a per-session temporary folder so runs cannot see each other's prepared data.
 """
 
+import faulthandler
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -27,6 +29,31 @@ from kspon_whisper.tiny import save_random_whisper  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CORPUS = REPO / "kspon_dataset" / "sample"
+# The slowest test takes ~3 min on 2 busy cores; commands started by tests have their own, shorter limits.
+TEST_TIMEOUT_S = int(os.environ.get("KSPON_TEST_TIMEOUT_S", "600"))
+HARD_EXIT_AFTER_S = 60  # beyond the limit, for a test stuck where no Python signal handler can run
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A hang anywhere is a failure within minutes, never a stuck run (pytest-timeout's two methods, in 20 lines).
+
+    SIGALRM raises in the test, so its `finally` blocks (tests/processes.py's) kill what it started; if the main
+    thread is stuck in C code, which no signal handler interrupts, faulthandler prints every thread and exits.
+    """
+
+    def timed_out(signum, frame):
+        raise TimeoutError(f"{item.nodeid} ran past {TEST_TIMEOUT_S} s (KSPON_TEST_TIMEOUT_S)")
+
+    previous = signal.signal(signal.SIGALRM, timed_out)
+    signal.alarm(TEST_TIMEOUT_S)
+    faulthandler.dump_traceback_later(TEST_TIMEOUT_S + HARD_EXIT_AFTER_S, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="session")

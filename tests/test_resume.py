@@ -9,15 +9,14 @@ random streams must be restored too, not only the weights, the optimizer, the sc
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from tests.processes import run_command, run_ok
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_STEPS = 12
@@ -50,34 +49,21 @@ def train_command(model_dir: Path, corpus: Path, output_dir: Path, streaming: bo
 
 
 def run_to_end(command: list[str]) -> str:
-    result = subprocess.run(command, check=False, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    result = run_ok(command, timeout_s=TIMEOUT_S, env=ENV)
     return result.stdout + result.stderr
 
 
-def run_until_killed(command: list[str], checkpoint_name: str, stderr_path: Path) -> str:
+def run_until_killed(command: list[str], checkpoint_name: str) -> str:
     """Start training, SIGKILL it as soon as it reports `checkpoint_name` saved, and return what it printed."""
-    with stderr_path.open("w") as stderr:  # apart from stdout: tqdm's bar there has no newline to split lines on
-        process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        watchdog = threading.Timer(TIMEOUT_S, process.kill)
-        watchdog.start()
-        printed = []
-        try:
-            for line in process.stdout:
-                printed.append(line)
-                if line.startswith("saved checkpoint") and line.rstrip().endswith(checkpoint_name):
-                    os.kill(process.pid, signal.SIGKILL)
-                    break
-            process.wait()
-        finally:
-            watchdog.cancel()
-            process.stdout.close()
-    log = "".join(printed)
-    if process.returncode != -signal.SIGKILL:
-        pytest.fail(
-            f"the run ended before {checkpoint_name} was saved:\n{log[-3000:]}{stderr_path.read_text()[-5000:]}"
-        )
-    return log
+
+    def checkpoint_saved(line: str) -> bool:
+        return line.startswith("saved checkpoint") and line.rstrip().endswith(checkpoint_name)
+
+    result = run_command(command, timeout_s=TIMEOUT_S, env=ENV, stop_when=checkpoint_saved)
+    if not result.stopped:
+        state = "hung" if result.timed_out else f"exited {result.returncode}"
+        pytest.fail(f"the run {state} before it saved {checkpoint_name}:\n{result.log_tail()}")
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +108,7 @@ def test_resume_after_sigkill_is_bit_identical(
     out = tmp_path / "out"
     checkpoint = f"step_{kill_at:08d}"
     command = train_command(dropout_whisper_dir, tone_corpus, out, streaming, workers, save_every=kill_at)
-    run_until_killed(command, checkpoint, tmp_path / "killed.stderr")
+    run_until_killed(command, checkpoint)
     assert not (out / "model.safetensors").exists(), "the killed run got to the end: nothing was resumed"
 
     ignored = []

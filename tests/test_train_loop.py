@@ -5,7 +5,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from accelerate.state import AcceleratorState, GradientState
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
 
 import train_accelerate
+from tests.processes import run_ok
 from train_accelerate import parse_config, training_step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,16 +57,7 @@ def smoke_run(tiny_whisper_dir: Path, tone_corpus: Path, tmp_path_factory: pytes
     output_dir = work / "out"
     command = [sys.executable, "train_accelerate.py", "--config", str(config), "--max_steps", "4"]
     command += ["--output_dir", str(output_dir)]
-    result = subprocess.run(
-        command,
-        check=False,
-        cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    result = run_ok(command, timeout_s=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return {"output_dir": output_dir, "stdout": result.stdout}
 
 
@@ -188,17 +179,18 @@ def test_training_step_skips_a_non_finite_gradient(tiny_whisper_dir, fresh_accel
     processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
     labels = torch.tensor([processor.tokenizer("그래서 나는 그냥 집에 있었어").input_ids] * 2)
     inputs = {"input_features": torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0)), "labels": labels}
+    window = [(inputs, 1.0), (inputs, 1.0)]  # two micro-batches: the NaN of the first must sink the whole step
     poisoned = model.model.encoder.layer_norm.weight
     hook = poison_gradient(poisoned, on_backward=1)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
 
-    loss, grad_norm, stepped = training_step(accelerator, model, optimizer, scheduler, inputs, 1.0, 1.0)
+    loss, grad_norm, stepped = training_step(accelerator, model, optimizer, scheduler, window, 1.0)
     assert torch.isfinite(loss) and not torch.isfinite(grad_norm) and stepped is False
     assert all(torch.equal(before[name], p) for name, p in model.named_parameters()), "a skipped step moved weights"
     assert all(p.grad is None for p in model.parameters()), "the NaN gradient was left to leak into the next step"
     assert not optimizer.state, "AdamW moments were updated by a skipped step"
 
-    loss, grad_norm, stepped = training_step(accelerator, model, optimizer, scheduler, inputs, 1.0, 1.0)
+    loss, grad_norm, stepped = training_step(accelerator, model, optimizer, scheduler, window, 1.0)
     hook.remove()
     assert stepped is True and torch.isfinite(grad_norm) and torch.isfinite(loss)
     assert not torch.equal(before["model.encoder.layer_norm.weight"], poisoned)

@@ -1,0 +1,173 @@
+"""Run a command whose whole process tree is killed on timeout, even processes that left its session.
+
+`accelerate launch` starts torch's elastic agent, which starts each worker with `start_new_session=True`, so a
+`killpg` on the launcher never reaches a hung worker, and a reader of the launcher's stdout pipe waits as long as that
+worker keeps the pipe open. Here every process of the run carries a tag in its environment, which children inherit
+whatever session or parent they end up with; on timeout each tagged process first gets SIGABRT, which makes Python
+(with PYTHONFAULTHANDLER) print every thread's stack into the log, then SIGKILL. Output goes to files, not pipes, so
+nothing waits on a descendant's open file descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TAG_VARIABLE = "KSPON_TEST_PROCESS_TREE"
+POLL_S = 0.1
+STACK_DUMP_GRACE_S = 2.0  # time for faulthandler to write the stacks before SIGKILL
+LEFTOVER_GRACE_S = 2.0  # time a child may take to exit after the command did, before it counts as left over
+
+
+@dataclass
+class Finished:
+    command: list[str]
+    returncode: int | None  # None when the run was killed (timeout or stop_when)
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+    stopped: bool = False  # stop_when matched a stdout line and the tree was killed there, as a crash would
+    leftovers: int = 0  # processes of the tree still alive after the command itself had exited (then killed)
+
+    def log_tail(self, chars: int = 8000) -> str:
+        return f"--- stdout ---\n{self.stdout[-chars:]}\n--- stderr ---\n{self.stderr[-chars:]}"
+
+
+def run_command(
+    command: list[str],
+    *,
+    timeout_s: float,
+    cwd: Path = REPO,
+    env: dict[str, str] | None = None,
+    stop_when: Callable[[str], bool] | None = None,
+) -> Finished:
+    """Run `command` to the end, or kill its whole tree after `timeout_s` or on the first stdout line `stop_when`
+    accepts; then kill whatever of the tree is still running (an orphaned worker is a bug, and must not outlive us).
+    """
+    tag = uuid.uuid4().hex
+    env = dict(os.environ if env is None else env, PYTHONFAULTHANDLER="1", **{TAG_VARIABLE: tag})
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="run-command-") as logs:
+        stdout_path, stderr_path = Path(logs) / "stdout", Path(logs) / "stderr"
+        with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+            process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        # Inherited by every process it starts (they take a second to import): the SIGABRT below leaves no core files.
+        resource.prlimit(process.pid, resource.RLIMIT_CORE, (0, 0))
+        timed_out = stopped = False
+        try:
+            with stdout_path.open("r", errors="replace") as watched:
+                pending = ""
+                while process.poll() is None:
+                    if stop_when is not None:
+                        pending += watched.read()
+                        *lines, pending = pending.split("\n")
+                        if any(stop_when(line) for line in lines):
+                            stopped = True
+                            kill_tree(tag, process)
+                            break
+                    if time.monotonic() - start > timeout_s:
+                        timed_out = True
+                        kill_tree(tag, process, dump_stacks=True)
+                        break
+                    time.sleep(POLL_S)
+        finally:
+            if process.poll() is not None:  # exited by itself: give its children a moment to follow it
+                deadline = time.monotonic() + LEFTOVER_GRACE_S
+                while tagged_pids(tag) and time.monotonic() < deadline:
+                    time.sleep(POLL_S)
+            leftovers = kill_tree(tag, process)  # also on KeyboardInterrupt or a test timeout raised in the loop
+        process.wait()
+        killed = timed_out or stopped
+        return Finished(
+            command=command,
+            returncode=None if killed else process.returncode,
+            stdout=stdout_path.read_text(errors="replace"),
+            stderr=stderr_path.read_text(errors="replace"),
+            seconds=time.monotonic() - start,
+            timed_out=timed_out,
+            stopped=stopped,
+            leftovers=0 if killed else leftovers,
+        )
+
+
+def run_ok(command: list[str], *, timeout_s: float, **kwargs) -> Finished:
+    """`run_command`, failing the calling test with the log unless the command exited 0 in time and alone."""
+    import pytest  # here, so that benchmarks can use `run_command` without pytest installed
+
+    result = run_command(command, timeout_s=timeout_s, **kwargs)
+    if result.timed_out:
+        pytest.fail(f"{_shown(command)} hung for {timeout_s:.0f} s; stacks at the kill:\n{result.log_tail()}")
+    if result.returncode != 0:
+        pytest.fail(f"{_shown(command)} exited {result.returncode}:\n{result.log_tail()}")
+    if result.leftovers:
+        pytest.fail(f"{_shown(command)} exited but left {result.leftovers} process(es) running:\n{result.log_tail()}")
+    return result
+
+
+def kill_tree(tag: str, root: subprocess.Popen, dump_stacks: bool = False) -> int:
+    """Kill every process carrying `tag` and the root; return how many were alive besides the root."""
+    if dump_stacks:
+        for pid in tagged_pids(tag):
+            _signal(pid, signal.SIGABRT)
+        deadline = time.monotonic() + STACK_DUMP_GRACE_S
+        while tagged_pids(tag) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+    found = 0
+    for _ in range(50):  # a process may fork while we kill; go round until nothing tagged is left
+        pids = tagged_pids(tag) - {root.pid}
+        if root.poll() is None:
+            _signal(root.pid, signal.SIGKILL)
+        if not pids:
+            break
+        found = max(found, len(pids))
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        time.sleep(POLL_S)
+    return found
+
+
+def tagged_pids(tag: str) -> set[int]:
+    """Live (non-zombie) processes whose environment holds our tag; zombies have an empty environ."""
+    marker = f"{TAG_VARIABLE}={tag}".encode()
+    pids = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(entry.path, "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if marker in environ.split(b"\0"):
+            pids.add(int(entry.name))
+    return pids
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _shown(command: list[str]) -> str:
+    shown = [Path(part).name if part == sys.executable else part for part in command]
+    return " ".join(shown[:6]) + (" ..." if len(shown) > 6 else "")
