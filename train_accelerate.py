@@ -497,8 +497,12 @@ class Trainer:
         """Save the model locally first, then evaluate every held-out split, then write the card (and push)."""
         acc, cfg = self.accelerator, self.cfg
         acc.wait_for_everyone()
+        # Collective: under FSDP each rank holds a shard, and only gathered weights make a loadable model (rank 0
+        # receives them). Elsewhere it is the bare model's state dict.
+        state_dict = acc.get_state_dict(self.model)
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(self.output_dir, safe_serialization=True)
+            model = acc.unwrap_model(self.model)
+            model.save_pretrained(self.output_dir, state_dict=state_dict, safe_serialization=True)
             self.processor.save_pretrained(self.output_dir)
         results = {}
         for split in ["validation", *cfg.final_eval_splits]:
