@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from accelerate import Accelerator
 
+from kspon_dataset.corpus import Selection
+from kspon_whisper.data import Split
 from train_accelerate import Trainer, parse_config
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "kspon_dataset" / "sample"
@@ -39,8 +43,18 @@ def clip_trainer(model_dir: str | Path, output_dir: str | Path, accelerator: Acc
         + ["--gradient_checkpointing", "false"]
     )
     trainer = Trainer(cfg, accelerator)
-    trainer.splits["validation"] = trainer.splits["train"].filter(lambda row: row["id"] in CLIPS)
+    trainer.splits["validation"] = only(CLIPS, trainer.splits["train"], trainer.splits["test"])
     return trainer
+
+
+def only(ids: tuple[str, ...], *splits: Split) -> Split:
+    """The utterances `ids` of streamed splits of one download, as one split."""
+    found = [(split.data, i) for split in splits for i in range(len(split)) if split.data.utterance(i)[2] in ids]
+    if sorted(found_id := [data.utterance(i)[2] for data, i in found]) != sorted(ids):
+        raise ValueError(f"clips missing from the sample's splits: {sorted(set(ids) - set(found_id))}")
+    pick = {name: np.array([getattr(data, name)[i] for data, i in found]) for name in ("source", "row", "folder")}
+    selection = Selection(found[0][0].sources, **pick, tally=Counter(seen=len(found), candidates=len(found)))
+    return Split(selection, selection.tally, splits[0].form)
 
 
 def main(model_dir: str, out: str) -> None:

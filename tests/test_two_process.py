@@ -28,10 +28,10 @@ LAUNCH = [
     "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
 ]  # fmt: skip
 
-# Streaming needs max_steps: 7 is the 5-step epoch and 2 steps into the next. Map-style derives its steps from one
-# epoch, which both ranks must count alike (the longer rank's batches) or the schedules would differ.
+# Streaming needs max_steps: the test sets it to one epoch and 2 steps into the next. Map-style derives its steps
+# from one epoch, which both ranks must count alike (the longer rank's batches) or the schedules would differ.
 DATA_ARGS = {
-    "streaming": ["--streaming", "true", "--max_steps", "7"],
+    "streaming": ["--streaming", "true", "--max_steps", "8"],  # the tone corpus: ranks of 21 and 20, a 6-step epoch
     "map-style": ["--streaming", "false", "--num_epochs", "1", "--gradient_accumulation_steps", "2"],
 }
 
@@ -70,6 +70,8 @@ def assert_each_id_once(per_rank: list[list[str]], expected: list[str]) -> None:
 @pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "map-style"])
 def test_two_ranks_cover_the_split_once_and_agree(streaming, tiny_whisper_dir, tone_corpus, train_ids, tmp_path):
     data_args = DATA_ARGS["streaming" if streaming else "map-style"]
+    if streaming:  # one epoch (the longer rank's batches) and 2 steps more
+        data_args = [*data_args, "--max_steps", str(math.ceil(math.ceil(len(train_ids) / 2) / BATCH_SIZE) + 2)]
     records = launch_two_processes(tiny_whisper_dir, tone_corpus, tmp_path / "out", data_args)
 
     first_epoch = [record["ids"]["0"] for record in records]
