@@ -25,8 +25,8 @@ import datasets
 import numpy as np
 
 from .corpus import (
-    DURATION_REASONS,
     HOMEPAGE,
+    NOT_LOST,
     SAMPLE_RATE,
     SKIP_REASONS,
     SPLIT_SCHEMES,
@@ -257,7 +257,7 @@ def _count_prepared(split: str, selection: Selection, prepared: datasets.Dataset
         for i in range(len(selection)):
             if selection.utterance(i)[2] not in kept_ids:
                 tally[read_utterance(selection, i, config.name)[1] or "bad_crc"] += 1
-    lost = any(tally[reason] for reason in SKIP_REASONS if reason not in DURATION_REASONS)
+    lost = any(tally[reason] for reason in SKIP_REASONS if reason not in NOT_LOST)
     (logger.warning if lost else logger.info)(kept_line(split, tally))
     check_skips(split, tally, config.max_skip_ratio)
     return tally
