@@ -31,6 +31,7 @@ from .corpus import (
     SKIP_REASONS,
     SPLIT_SCHEMES,
     Selection,
+    build_indexes,
     check_skips,
     find_sources,
     kept_line,
@@ -146,6 +147,7 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
         if not data_dir or not os.path.isdir(data_dir):
             raise FileNotFoundError(missing_data_dir_message(data_dir or None, self.config.name))
         sources, cfg = find_sources(data_dir), self.config
+        build_indexes([*sources.train, *([sources.eval] if sources.eval else [])])
         wiring: dict[str, tuple[tuple[str, ...], frozenset[str] | None]] = {}  # split -> (sources, ids it lists)
         if cfg.split_scheme != "official":
             wiring.update({split: (sources.train, None) for split in ("train", "validation", "test")})
