@@ -6,6 +6,7 @@ KsponSpeech_006001 ... KsponSpeech_006050), spread over the five training ZIPs. 
 ranks, which is where sharding by folder reads everything on every rank.
 """
 
+import itertools
 import tracemalloc
 import zipfile
 from collections import Counter
@@ -14,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import kspon_dataset.corpus as corpus
-from kspon_dataset import KsponSpeech
+from kspon_dataset import KsponSpeech, corpus
 from kspon_dataset.sample_corpus import Utterance, write_utterances
 from kspon_whisper.data import PassCounter, Split, make_dataloader, rank_order, set_epoch
 
@@ -81,7 +81,7 @@ def test_streamed_batches_mix_many_folders(splits, num_workers):
     batches = [b for b in loader(splits["train"], num_workers=num_workers) if len(b) == BATCH]
     distinct = np.mean([len({folder(uid) for uid in batch}) for batch in batches])
     numbers = [sorted(int(uid[-6:]) for uid in batch) for batch in batches]
-    adjacent = sum(b - a == 1 for batch in numbers for a, b in zip(batch, batch[1:])) / sum(
+    adjacent = sum(b - a == 1 for batch in numbers for a, b in itertools.pairwise(batch)) / sum(
         len(batch) * (len(batch) - 1) / 2 for batch in numbers
     )
     assert distinct >= 12, f"a batch of {BATCH} holds {distinct:.1f} folders on average"
