@@ -6,11 +6,15 @@
 
 One run writes a synthetic corpus in AI Hub's exact ZIP layout (`kspon_dataset.sample_corpus`, tone voice) and
 measures, on that corpus:
-- dataset mode: streaming examples/s with the audio decoded, in one process and through a 2-worker DataLoader;
-  `download_and_prepare` with num_proc 1 and 2; the blog route it replaces (extract every ZIP, one WAV per utterance,
-  JSON manifests) and the ratio of the two.
-- loader mode: samples/s of the trainer's own DataLoader (`load_kspon` -> `SpeechBatcher` -> `make_dataloader`,
-  shuffled shards as in training) with log-mel computed in the workers (80 and 128 mels) or deferred to the GPU.
+- dataset mode: streaming examples/s with the audio decoded (by datasets where it decodes audio: datasets < 4, or
+  with torchcodec; otherwise from the WAV bytes, as the trainer does), in one process and through a 2-worker
+  DataLoader; `download_and_prepare` with num_proc 1 and 2; the blog route it replaces (extract every ZIP, one WAV
+  per utterance, JSON manifests, the blog's per-utterance split) and the ratio of the two.
+- loader mode: samples/s of the trainer's own DataLoader (`load_splits` -> `SpeechBatcher` -> `make_dataloader`,
+  streamed in the training order) with log-mel computed in the workers (80 and 128 mels) or deferred to the GPU.
+
+The datasets side goes through `load_kspon` and the `KsponSpeech` builder, so it runs on datasets 3.6 and 5.x alike.
+For the corpus at its real size (622,545 utterances) see `benchmarks/full_scale.py`.
 
 Every phase runs in a fresh Python process, so its peak RSS is its own and no ZIP index, lazy import or page of
 decoded audio carries over from the phase before. All caches live in the work dir; nothing reaches the network.
@@ -44,14 +48,13 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/data_pipeline.py`, the repo packages are not installed
 
-from kspon_dataset.corpus import eval_split_of, random_split_of  # noqa: E402
+from kspon_dataset.corpus import eval_split_of, utterance_split  # noqa: E402
 
-KSPON_SCRIPT = str(REPO / "kspon_dataset")
 RESULTS_FILE = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Data pipeline"
 SAMPLE_RATE = 16_000
 BATCH_SIZE = 16  # the trainer's per_device_batch_size default
-SEED = 42  # the trainer's default seed: same shard order as a real first epoch
+SEED = 42  # the trainer's default seed: the same order as a real first epoch
 MIB = 2**20
 
 
@@ -63,7 +66,7 @@ def stream_pass(examples: Iterable[dict]) -> dict:
     """Iterate once, touching every decoded array; the time to the first example is part of the pass."""
     start, first_s, count, samples = time.perf_counter(), None, 0, 0
     for example in examples:
-        samples += len(example["audio"]["array"])
+        samples += audio_samples(example["audio"])
         count += 1
         first_s = first_s if first_s is not None else time.perf_counter() - start
     return {
@@ -74,9 +77,19 @@ def stream_pass(examples: Iterable[dict]) -> dict:
     }
 
 
+def audio_samples(audio: dict) -> int:
+    """Samples of a decoded `audio` value, or of its WAV bytes where datasets does not decode (datasets >= 4
+    without torchcodec: the column is then a plain {bytes, path} struct)."""
+    if "array" in audio:
+        return len(audio["array"])
+    from kspon_whisper.data import wav_samples
+
+    return len(wav_samples(audio["bytes"]))
+
+
 def count_rows(rows: list[dict]) -> dict:
     """A collate_fn that does no batching work, so the DataLoader measures reading and decoding alone."""
-    return {"id": [None] * len(rows), "samples": sum(len(row["audio"]["array"]) for row in rows)}
+    return {"id": [None] * len(rows), "samples": sum(audio_samples(row["audio"]) for row in rows)}
 
 
 def loader_pass(loader: Iterable[dict]) -> dict:
@@ -99,9 +112,9 @@ def loader_pass(loader: Iterable[dict]) -> dict:
 
 
 def streaming_train(corpus: str):
-    import datasets
+    from kspon_dataset import load_kspon
 
-    return datasets.load_dataset(KSPON_SCRIPT, data_dir=corpus, streaming=True, trust_remote_code=True)["train"]
+    return load_kspon(corpus, streaming=True)["train"]
 
 
 def phase_stream(spec: dict) -> dict:
@@ -192,7 +205,7 @@ def write_wavs(extracted: Path, wav_root: Path) -> list[dict]:
         wav_path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(wav_path, audio, SAMPLE_RATE, subtype="PCM_16")
         uid = pcm_path.stem
-        split = eval_split_of(uid) if uid.startswith("KsponSpeech_E") else random_split_of(uid)
+        split = eval_split_of(uid) if uid.startswith("KsponSpeech_E") else utterance_split(uid)  # the blog's split
         text = txt_path.read_bytes().decode("cp949", errors="replace").strip()  # tags left in, as the blog did
         rows.append({"split": split, "path": str(wav_path), "text": text, "duration": len(audio) / SAMPLE_RATE})
     return rows
@@ -200,10 +213,10 @@ def write_wavs(extracted: Path, wav_root: Path) -> list[dict]:
 
 def phase_loader(spec: dict) -> dict:
     """The trainer's training DataLoader, wired as `Trainer.__init__` wires it (see train_accelerate.py)."""
-    from kspon_whisper.data import load_kspon, make_dataloader, set_epoch
+    from kspon_whisper.data import load_splits, make_dataloader, set_epoch
 
     batcher = training_batcher(spec["model_dir"], spec["audio_mode"], spec["n_mels"])
-    train = load_kspon(spec["corpus"], config="spelling", split_scheme="random", streaming=True)["train"]
+    train = load_splits(spec["corpus"], config="spelling", split_scheme="random", streaming=True)["train"]
     loader = make_dataloader(
         train,
         batcher,
@@ -214,7 +227,7 @@ def phase_loader(spec: dict) -> dict:
         seed=SEED,
         shuffle=True,
     )
-    set_epoch(loader, 0, SEED)
+    set_epoch(loader, 0)
     result = time_batches(loader, spec["warmup_batches"], spec["timed_batches"])
     return result | {"workers": loader.num_workers}
 
@@ -584,8 +597,9 @@ def format_section(results: dict, command: str) -> str:
         parts += ["### Training DataLoader (`--mode loader`)", ""]
         parts += [markdown_table(LOADER_HEADER, loader_rows(results["loader"])), ""]
         parts.append(
-            "Shuffled shards, batch 16, as `Trainer` builds it; samples/s over the timed batches after warm-up "
-            "batches that absorb worker start-up ('startup s' is the time to those). N = os.cpu_count() = "
+            "The training order (a per-epoch permutation), batch 16, as `Trainer` builds it; samples/s over the "
+            "timed batches after warm-up batches that absorb worker start-up ('startup s' is the time to those). "
+            "N = os.cpu_count() = "
             f"{os.cpu_count()} workers.\n"
         )
     parts.append(
@@ -596,13 +610,15 @@ def format_section(results: dict, command: str) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace the `## Data pipeline` section of RESULTS.md (up to the next `## ` heading), keeping the others."""
+    """Replace the section of RESULTS.md headed by the section's first line (up to the next `## ` heading), or
+    append it; the other sections stay as they are. Shared with the other benchmarks."""
+    heading = section.split("\n", 1)[0]
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
     path.write_text(text)
 

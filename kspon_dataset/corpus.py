@@ -20,6 +20,8 @@ import logging
 import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -40,24 +42,28 @@ EVAL_ARCHIVE = "KsponSpeech_eval"
 SCRIPTS_ARCHIVE = "KsponSpeech_scripts"
 OFFICIAL_DEV_FOLDERS = frozenset({"KsponSpeech_0621", "KsponSpeech_0622", "KsponSpeech_0623"})
 EVAL_CLEAN_LAST = 3000  # eval_clean is E00001-E03000, eval_other E03001-E06000
+ZIP_LAST_FOLDERS = (124, 248, 372, 496, 623)  # KsponSpeech_01.zip holds folders 0001-0124, and so on
+INDEX_IN_CHILDREN_BYTES = 256 << 20  # ZIPs this large together are indexed in child processes (`build_indexes`)
 SHARD_SIZE = 1000  # one shard per 1,000-utterance folder; the 3,000-utterance eval folders are cut to this size
 
 SPLIT_SCHEMES = ("random", "random_utterance", "official")
 HOMEPAGE = "https://aihub.or.kr/aihubdata/data/view.do?dataSetSn=123"
 _UTTERANCE = re.compile(r"^KsponSpeech_(E?)(\d{5,6})\.(pcm|txt)$")
 
-# Reasons an utterance is dropped. Duration reasons are a filter the user chose; every other reason is data loss
-# and counts towards `max_skip_ratio`. The index decides the first seven; the last three need the bytes.
-DURATION_REASONS = frozenset({"too_short", "too_long"})
+# Reasons an utterance is dropped. The index decides the first ones before any read; the last ones need the bytes.
+# Every reason but NOT_LOST is data loss and counts towards `max_skip_ratio`.
 INDEX_REASONS = (
-    "duplicate_id",
+    "duplicate_id",  # the same id again (a second archive, an extracted copy, a name stored twice): read once
     "missing_audio",
     "missing_transcript",
+    "transcript_too_long",  # over MAX_TRANSCRIPT_BYTES: no 30 s clip says that much; not worth normalising
     "zero_length",
     "too_short",
     "too_long",
 )
-READ_REASONS = ("undecodable_transcript", "empty_text", "bad_crc")
+READ_REASONS = ("undecodable_transcript", "empty_text", "bad_crc", "unreadable")
+NOT_LOST = frozenset({"duplicate_id", "too_short", "too_long"})  # a copy that is read elsewhere, or the user's filter
+MAX_TRANSCRIPT_BYTES = 4096  # real transcripts of a <= 30 s clip stay under ~600 bytes
 SKIP_REASONS = INDEX_REASONS + READ_REASONS
 # Below this many utterances one bad file already exceeds 1 %, so the ratio check waits for this many; the counts
 # are logged either way.
@@ -132,6 +138,7 @@ def find_sources(data_dir: str) -> CorpusSources:
     root = Path(data_dir)
     _refuse_unjoined_parts(root)
     train = tuple(src for name in TRAIN_ARCHIVES if (src := _archive(root, name)) is not None)
+    _warn_about_missing_archives(root, train)
     eval_source = _archive(root, EVAL_ARCHIVE) or _first_dir(root, "eval_clean", "eval_other")
     scripts = _archive(root, SCRIPTS_ARCHIVE) or (str(root) if any(root.glob("*.trn")) else None)
     if not train and eval_source is None:
@@ -140,6 +147,19 @@ def find_sources(data_dir: str) -> CorpusSources:
             f"{EVAL_ARCHIVE}.zip (or their extracted folders). Found: {sorted(p.name for p in root.iterdir())[:20]}"
         )
     return CorpusSources(train=train, eval=eval_source, scripts=scripts)
+
+
+def _warn_about_missing_archives(root: Path, found: tuple[str, ...]) -> None:
+    present = {Path(source).name.removesuffix(".zip") for source in found}
+    if not present:
+        return
+    for number, name in enumerate(TRAIN_ARCHIVES):
+        if name in present:
+            continue
+        first, last = (0, *ZIP_LAST_FOLDERS)[number] + 1, ZIP_LAST_FOLDERS[number]
+        others = sorted(p.name for p in root.glob(f"{name}.*") if p.name != f"{name}.zip")
+        hint = f" Found {others}: rename or join it to {name}.zip." if others else f" Download it from {HOMEPAGE}."
+        logger.warning(f"{name}.zip is not in {root}: its folders {first:04d}-{last:04d} are left out.{hint}")
 
 
 def _archive(root: Path, name: str) -> str | None:
@@ -232,7 +252,8 @@ def _zip_members(path: str) -> Iterable[tuple[str, tuple[int, int, int, int, int
             _CENTRAL.unpack_from(directory, pos)
         )
         name_at = pos + _CENTRAL.size
-        name = directory[name_at : name_at + name_len].decode("utf-8" if flags & 0x800 else "cp437")
+        raw_name = directory[name_at : name_at + name_len]
+        name = raw_name.decode("utf-8" if flags & 0x800 or raw_name.isascii() else "cp437")
         if _U32 in (csize, size, offset):
             extra = directory[name_at + name_len : name_at + name_len + extra_len]
             size, csize, offset = _zip64_sizes(extra, size, csize, offset)
@@ -315,17 +336,50 @@ def index_source(source: str) -> ArchiveIndex:
     """The index of one archive or extracted folder, built once per machine for a ZIP and memory-mapped after."""
     if not source.endswith(".zip"):
         return _build_index(source, _folder_members(source))
+    return _cached_index(source) or _build_and_save(source)
+
+
+def build_indexes(sources: Iterable[str]) -> None:
+    """Index every ZIP that has no cached index yet, each in a child process: the archives are indexed in parallel,
+    and the building's transient memory never enters this process, which then only maps the finished index (~46 MB
+    for the whole corpus)."""
+    missing = [s for s in sources if s.endswith(".zip") and _cached_index(s) is None]
+    if not missing or sum(_stat(s)[0] for s in missing) < INDEX_IN_CHILDREN_BYTES:  # small: not worth a start
+        return
+    logger.info(f"Indexing {len(missing)} archive(s) once for this machine, into {index_cache_dir()}")
+    # Fresh interpreters rather than multiprocessing: spawn would re-run the caller's __main__, fork would copy
+    # whatever threads (torch) the caller holds.
+    code = f"import sys; from {__name__} import _build_and_save; _build_and_save(sys.argv[1])"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    children = [subprocess.Popen([sys.executable, "-c", code, source], env=env) for source in missing]
+    try:
+        failed = [source for source, child in zip(missing, children, strict=True) if child.wait() != 0]
+    finally:
+        for child in children:
+            child.kill()
+    if failed:  # index_source then builds them in this process
+        logger.warning(f"Indexing {failed} in a child process failed; indexing in this process instead.")
+
+
+def _cache_stem(source: str) -> Path:
     size, mtime = _stat(source)
     key = hashlib.sha1(f"{_INDEX_FORMAT}|{os.path.abspath(source)}|{size}|{mtime}".encode()).hexdigest()[:20]
-    stem = index_cache_dir() / f"{Path(source).stem}-{key}"
+    return index_cache_dir() / f"{Path(source).stem}-{key}"
+
+
+def _cached_index(source: str) -> ArchiveIndex | None:
+    stem = _cache_stem(source)
     try:
         folders = tuple(json.loads(stem.with_suffix(".json").read_text()))
         # Not np.load: datasets < 4 streaming swaps it for a version that hands numpy a file object, unmappable.
         return ArchiveIndex(source, folders, np.lib.format.open_memmap(stem.with_suffix(".npy"), mode="r"))
     except (OSError, ValueError):
-        pass
+        return None
+
+
+def _build_and_save(source: str) -> ArchiveIndex:
     index = _build_index(source, _zip_members(source))
-    _save_index(index, stem)
+    _save_index(index, _cache_stem(source))
     return index
 
 
@@ -344,40 +398,63 @@ def _save_index(index: ArchiveIndex, stem: Path) -> None:
 
 
 def _folder_members(root: str) -> Iterable[tuple[str, tuple[int, int, int, int, int]]]:
+    """Files under an extracted folder. Links that lead outside it, and files that cannot be read, are left out by
+    name (their utterance then counts as missing audio or transcript)."""
+    inside = os.path.realpath(root) + os.sep
     for dirpath, _, filenames in os.walk(root):
         for filename in filenames:
             path = os.path.join(dirpath, filename)
             name = os.path.relpath(path, root).replace(os.sep, "/")
-            yield name, (-1, -1, os.path.getsize(path), 0, _PLAIN_FILE)
+            if not _UTTERANCE.match(filename) and not filename.endswith(".trn"):
+                continue
+            if not os.path.realpath(path).startswith(inside):
+                logger.warning(f"Leaving out {path}: it links to {os.path.realpath(path)}, outside {root}.")
+                continue
+            try:
+                size = os.path.getsize(path)
+            except OSError as err:  # a dangling link, a link loop
+                logger.warning(f"Leaving out {path}: {err}")
+                continue
+            yield name, (-1, -1, size, 0, _PLAIN_FILE)
 
 
 def _build_index(source: str, members: Iterable[tuple[str, tuple]]) -> ArchiveIndex:
-    """Group members into utterances. The first copy of a name is the one kept and read; later ones are counted."""
+    """Group members into utterances, sorted by (folder, id). The first copy of a name is the one kept and read;
+    later copies are counted. Vectorised: a training ZIP has ~250,000 members."""
     folder_ids: dict[str, int] = {}
-    files: dict[tuple[int, int], dict[str, tuple]] = {}
-    copies: Counter[tuple[int, int]] = Counter()
+    folders, uids, is_pcm, entries = [], [], [], []
     for name, entry in members:
         folder, _, filename = name.rpartition("/")
         match = _UTTERANCE.match(filename)
-        if not match:
-            continue
-        eval_mark, number, ext = match.groups()
-        key = (folder_ids.setdefault(folder, len(folder_ids)), -int(number) if eval_mark else int(number))
-        pair = files.setdefault(key, {})
-        if ext in pair:
-            copies[key] += ext == "pcm"
-        else:
-            pair[ext] = entry
-    folders = sorted(folder_ids)
-    rank = {folder_ids[f]: i for i, f in enumerate(folders)}
-    absent = (-1, -1, -1, 0, 0)
-    rows = [
-        (uid, rank[folder], copies[folder, uid], *pair.get("pcm", absent), *pair.get("txt", absent))
-        for (folder, uid), pair in files.items()
-    ]
-    records = np.array(rows, dtype=UTTERANCE_DTYPE)
-    records = records[np.lexsort((np.abs(records["uid"]), records["folder"]))]
-    return ArchiveIndex(source, tuple(folders), records)
+        if match:
+            eval_mark, number, ext = match.groups()
+            folders.append(folder_ids.setdefault(folder, len(folder_ids)))
+            uids.append(-int(number) if eval_mark else int(number))
+            is_pcm.append(ext == "pcm")
+            entries.append(entry)
+    if not entries:
+        return ArchiveIndex(source, (), np.zeros(0, UTTERANCE_DTYPE))
+    names = sorted(folder_ids)
+    rank = np.empty(len(names), np.int32)
+    rank[[folder_ids[n] for n in names]] = np.arange(len(names), dtype=np.int32)
+    folder = rank[np.array(folders, np.int64)]
+    uid, pcm = np.array(uids, np.int64), np.array(is_pcm, bool)
+    entry = np.array(entries, np.int64).reshape(-1, len(_FILE_FIELDS))
+    # Sorted by folder, id, kind, then member order, the first row of each (folder, id, kind) is the copy kept.
+    order = np.lexsort((np.arange(len(uid)), pcm, uid, np.abs(uid), folder))
+    folder, uid, pcm, entry = folder[order], uid[order], pcm[order], entry[order]
+    same_pair = (folder[1:] == folder[:-1]) & (uid[1:] == uid[:-1])
+    new_pair, new_kind = np.r_[True, ~same_pair], np.r_[True, ~same_pair | (pcm[1:] != pcm[:-1])]
+    pair = np.cumsum(new_pair) - 1
+    records = np.zeros(int(new_pair.sum()), UTTERANCE_DTYPE)
+    records["uid"], records["folder"] = uid[new_pair], folder[new_pair]
+    for kind, of_kind in (("pcm", pcm), ("txt", ~pcm)):
+        records[f"{kind}_offset"] = records[f"{kind}_csize"] = records[f"{kind}_size"] = -1
+        first = new_kind & of_kind
+        for column, (field, _) in enumerate(_FILE_FIELDS):
+            records[f"{kind}_{field}"][pair[first]] = entry[first, column]
+    records["copies"] = np.maximum(np.bincount(pair[pcm], minlength=len(records)) - 1, 0)
+    return ArchiveIndex(source, tuple(names), records)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -455,15 +532,11 @@ def select(
     keep_ids: frozenset[str] | None = None,
 ) -> Selection:
     """Pick a split's utterances from the indexes and apply every check the index can make, counting each drop."""
-    parts, seen_folders = [], set()
+    parts = []
     for s, source in enumerate(sources):
         index = index_source(source)
         for f, folder in enumerate(index.folders):
-            name = folder.rpartition("/")[2]
-            if name in seen_folders:  # extracted beside its ZIP (a half-finished unzip): read the first source only
-                continue
-            seen_folders.add(name)
-            if _folder_in_split(name, split, scheme):
+            if _folder_in_split(folder.rpartition("/")[2], split, scheme):
                 lo, hi = np.searchsorted(index.records["folder"], [f, f + 1])
                 parts.append((s, np.arange(lo, hi)))
     source = np.concatenate([np.full(len(r), s, np.int16) for s, r in parts]) if parts else np.zeros(0, np.int16)
@@ -512,12 +585,13 @@ def _index_reasons(records: np.ndarray, min_duration: float, max_duration: float
     reasons = np.full(len(records), "", dtype=object)
     _, first = np.unique(records["uid"], return_index=True)
     duplicate = np.ones(len(records), bool)
-    duplicate[first] = False  # the same id in two folders or archives: the first one read wins
+    duplicate[first] = False  # the same id in two folders or archives: the first source's copy is read
     seconds = (records["pcm_size"] - records["pcm_size"] % 2) / BYTES_PER_SECOND
     checks = (
         ("duplicate_id", duplicate),
         ("missing_audio", records["pcm_size"] < 0),
         ("missing_transcript", records["txt_size"] < 0),
+        ("transcript_too_long", records["txt_size"] > MAX_TRANSCRIPT_BYTES),
         ("zero_length", seconds == 0),
         ("too_short", seconds < min_duration),
         ("too_long", seconds > max_duration),
@@ -567,9 +641,12 @@ def read_utterance(selection: Selection, i: int, form: str) -> tuple[dict | None
         if not text:
             return None, "empty_text"
         pcm = read_file(source, folder, uid, "pcm", record)
-    except (CorruptMember, OSError) as err:
+    except CorruptMember as err:
         logger.warning(f"Skipping {uid}: {err}")
         return None, "bad_crc"
+    except OSError as err:
+        logger.warning(f"Skipping {uid}: {err}")
+        return None, "unreadable"
     duration = pcm_duration_seconds(len(pcm))
     return {"id": uid, "pcm": pcm, "text": text, "raw_text": raw_text, "duration": duration}, None
 
@@ -583,7 +660,7 @@ def kept_line(split: str, tally: Counter) -> str:
 def check_skips(split: str, tally: Counter, max_skip_ratio: float) -> None:
     """Fail when too much was lost for reasons other than the duration filter."""
     seen = tally["seen"]
-    lost = sum(tally[r] for r in SKIP_REASONS if r not in DURATION_REASONS)
+    lost = sum(tally[r] for r in SKIP_REASONS if r not in NOT_LOST)
     if seen >= MIN_UTTERANCES_FOR_SKIP_CHECK and lost / seen > max_skip_ratio:
         raise ValueError(
             f"{split}: {lost:,} of {seen:,} utterances ({lost / seen:.1%}) were unreadable or unusable "

@@ -25,12 +25,13 @@ import datasets
 import numpy as np
 
 from .corpus import (
-    DURATION_REASONS,
     HOMEPAGE,
+    NOT_LOST,
     SAMPLE_RATE,
     SKIP_REASONS,
     SPLIT_SCHEMES,
     Selection,
+    build_indexes,
     check_skips,
     find_sources,
     kept_line,
@@ -146,6 +147,7 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
         if not data_dir or not os.path.isdir(data_dir):
             raise FileNotFoundError(missing_data_dir_message(data_dir or None, self.config.name))
         sources, cfg = find_sources(data_dir), self.config
+        build_indexes([*sources.train, *([sources.eval] if sources.eval else [])])
         wiring: dict[str, tuple[tuple[str, ...], frozenset[str] | None]] = {}  # split -> (sources, ids it lists)
         if cfg.split_scheme != "official":
             wiring.update({split: (sources.train, None) for split in ("train", "validation", "test")})
@@ -257,7 +259,7 @@ def _count_prepared(split: str, selection: Selection, prepared: datasets.Dataset
         for i in range(len(selection)):
             if selection.utterance(i)[2] not in kept_ids:
                 tally[read_utterance(selection, i, config.name)[1] or "bad_crc"] += 1
-    lost = any(tally[reason] for reason in SKIP_REASONS if reason not in DURATION_REASONS)
+    lost = any(tally[reason] for reason in SKIP_REASONS if reason not in NOT_LOST)
     (logger.warning if lost else logger.info)(kept_line(split, tally))
     check_skips(split, tally, config.max_skip_ratio)
     return tally

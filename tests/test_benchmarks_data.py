@@ -58,3 +58,10 @@ def test_write_section_creates_appends_and_replaces(tmp_path: Path):
 
     data_pipeline.write_section(path, "## Data pipeline\n\nthird\n")
     assert path.read_text() == "# Benchmarks\n\n## Training throughput\n\nsteps/s\n\n## Data pipeline\n\nthird\n"
+
+    # Other benchmarks share it: a section is found by its own heading, and the others stay as they are.
+    data_pipeline.write_section(path, "## Full scale\n\nfourth\n")
+    data_pipeline.write_section(path, "## Data pipeline\n\nfifth\n")
+    assert path.read_text() == (
+        "# Benchmarks\n\n## Training throughput\n\nsteps/s\n\n## Data pipeline\n\nfifth\n\n## Full scale\n\nfourth\n"
+    )

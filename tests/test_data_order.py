@@ -223,3 +223,17 @@ def test_a_streamed_pass_says_what_it_kept(splits, scaled_corpus):
     assert total["kept"] == len(batcher_rows) == len(split)
     assert line == f"validation: kept {len(split)} of {total['seen']} utterances (none skipped)"
     assert counter.counts == Counter(), "the counter must start the next pass from zero"
+
+
+def test_large_archives_are_indexed_in_child_processes(scaled_corpus, tmp_path, monkeypatch):
+    """At full size the five ZIPs are indexed in parallel, in children, and this process only maps the results."""
+    monkeypatch.setenv("KSPON_INDEX_CACHE", str(tmp_path / "index"))
+    monkeypatch.setattr(corpus, "INDEX_IN_CHILDREN_BYTES", 0)
+    sources = [str(p) for p in sorted(scaled_corpus.glob("KsponSpeech_0*.zip"))]
+    built_here = []
+    monkeypatch.setattr(corpus, "_build_index", lambda *args: built_here.append(args) or None)  # not in this process
+    corpus.build_indexes(sources)
+    assert not built_here and len(list((tmp_path / "index").glob("*.npy"))) == len(sources)
+    corpus.index_source.cache_clear()
+    assert all(isinstance(corpus.index_source(s).records, np.memmap) for s in sources)
+    corpus.index_source.cache_clear()

@@ -337,3 +337,74 @@ def test_duration_bounds_are_configurable(tone_corpus):
     kept = [ex["duration"] for split in streamed.values() for ex in split]
     assert kept and min(kept) >= floor
     assert len(kept) == sum(d >= floor for d in everything)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Nothing lost silently, nothing stale, nothing read from outside
+
+
+def test_a_missing_archive_is_named_and_its_arrival_is_noticed(tone_corpus, tmp_path, caplog):
+    partial = tmp_path / "partial"
+    shutil.copytree(tone_corpus, partial)
+    (partial / "KsponSpeech_04.zip").rename(partial / "KsponSpeech_04.zip.001")
+    with caplog.at_level(logging.WARNING):
+        before = prepare(partial, tmp_path)
+    warning = next(r.getMessage() for r in caplog.records if "KsponSpeech_04.zip is not in" in r.getMessage())
+    assert "folders 0373-0496 are left out" in warning and "KsponSpeech_04.zip.001" in warning
+    (partial / "KsponSpeech_04.zip.001").rename(partial / "KsponSpeech_04.zip")
+    after = prepare(partial, tmp_path)  # the same cache folder: a stale cache would return `before` again
+    assert len(after["train"]) > len(before["train"])
+    assert sorted(as_rows(after["train"])) == sorted(as_rows(prepare(tone_corpus, tmp_path / "whole")["train"]))
+
+
+def test_the_same_id_twice_is_read_once_and_counted_in_every_mode(tmp_path, caplog):
+    """A folder repeated in a second archive (one utterance of it new) and an id stored in two folders."""
+    root = tmp_path / "twice"
+    first = [utt(n) for n in (1, 2, 3)]
+    write_utterances(root, first)
+    again = [utt(1, seconds=2.0), utt(4)]  # KsponSpeech_000001 again, and a new utterance of the same folder
+    members = {f"KsponSpeech_02/{member_path(u.uid).split('/', 1)[1]}.{ext}": data for u in again for ext, data in
+               (("pcm", u.pcm), ("txt", u.txt_bytes()))}  # fmt: skip
+    with zipfile.ZipFile(root / "KsponSpeech_02.zip", "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    expected = {"KsponSpeech_000001", "KsponSpeech_000002", "KsponSpeech_000003", "KsponSpeech_000004"}
+    with caplog.at_level(logging.INFO):
+        for num_proc in (None, 2):
+            ids = [ex["id"] for split in prepare(root, tmp_path / f"np{num_proc}", num_proc=num_proc).values()
+                   for ex in split]  # fmt: skip
+            assert sorted(ids) == sorted(expected), num_proc
+        streamed = [ex["id"] for split in load(root, streaming=True).values() for ex in split]
+        assert sorted(streamed) == sorted(expected)
+    one = all_examples(prepare(root, tmp_path / "again"))["KsponSpeech_000001"]
+    assert one["duration"] == pytest.approx(1.0), "the first archive's copy is the one read"
+    assert any("duplicate_id: 1" in r.getMessage() for r in caplog.records)
+
+
+def test_folder_layout_refuses_links_outside_and_skips_what_cannot_be_read(tmp_path, caplog):
+    root = tmp_path / "folders"
+    write_utterances(root, [utt(n) for n in range(1, 6)], layout="dir")
+    folder = root / "KsponSpeech_01" / "KsponSpeech_0001"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the data_dir", encoding="cp949")
+    (folder / "KsponSpeech_000002.txt").unlink()
+    (folder / "KsponSpeech_000002.txt").symlink_to(secret)  # a transcript that leads outside
+    (folder / "KsponSpeech_000003.pcm").unlink()
+    (folder / "KsponSpeech_000003.pcm").symlink_to(tmp_path / "gone.pcm")  # dangling
+    (folder / ".DS_Store").symlink_to(folder / ".DS_Store")  # a link loop, not even an utterance
+    with caplog.at_level(logging.INFO):
+        examples = all_examples(prepare(root, tmp_path))
+    assert sorted(examples) == ["KsponSpeech_000001", "KsponSpeech_000004", "KsponSpeech_000005"]
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "links to" in messages and "outside" in messages and "secret.txt" in messages
+    assert "missing_transcript: 1" in messages and "missing_audio: 1" in messages
+
+
+def test_an_overlong_transcript_is_counted_without_being_normalised(tmp_path, caplog):
+    root = tmp_path / "long"
+    nested = "(" * 20_000 + "가" + ")/(나)" * 20_000  # quadratic to resolve; no 30 s clip says this much
+    write_utterances(root, [utt(1), utt(2, raw=nested)])
+    with caplog.at_level(logging.INFO):
+        examples = all_examples(prepare(root, tmp_path))
+    assert list(examples) == ["KsponSpeech_000001"]
+    assert any("transcript_too_long: 1" in r.getMessage() for r in caplog.records)
