@@ -121,7 +121,7 @@ class TrainConfig:
         for name in ("per_device_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        if self.streaming and self.max_steps <= 0:
+        if self.streaming and self.max_steps <= 0 and not self.push_only:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
 
 
@@ -574,6 +574,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("train_accelerate", "kspon_whisper", "kspon_dataset"):
         logging.getLogger(name).setLevel(logging.INFO)
     if cfg.push_only:
+        check_full_model(cfg.output_dir)
         print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
         return
     accelerator = Accelerator(  # no gradient_accumulation_steps: `training_step` accumulates itself (see there)
@@ -590,6 +591,24 @@ def main(argv: list[str] | None = None) -> None:
     trainer.describe()
     trainer.fit()
     trainer.finish()
+
+
+def check_full_model(output_dir: str) -> None:
+    """Refuse to push weights that do not make the whole model, such as one FSDP rank's shard of it."""
+    advice = (
+        "Push only what a finished run saved: rerun the training command with --resume_from_checkpoint latest, "
+        "which gathers the full weights from every rank at the end, then --push_only again."
+    )
+    try:
+        _, info = WhisperForConditionalGeneration.from_pretrained(output_dir, output_loading_info=True)
+    except (OSError, RuntimeError, ValueError) as err:  # no weights, or tensors whose shapes do not fit the config
+        raise ValueError(f"{output_dir} holds no loadable full model ({str(err).splitlines()[0]}). {advice}") from err
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise ValueError(
+            f"{output_dir} holds an incomplete model: {len(info['missing_keys'])} tensors missing, "
+            f"{len(info['mismatched_keys'])} of the wrong shape (first: "
+            f"{min(map(str, info['missing_keys'] or info['mismatched_keys']))}). {advice}"
+        )
 
 
 def _scalars(values: dict) -> dict:

@@ -2,11 +2,13 @@
 
     python benchmarks/train_throughput.py --model large-v3 --write_results          # on a GPU: the real comparison
     python benchmarks/train_throughput.py --model test --steps 4 --warmup 1         # CPU smoke test, seconds
+    python benchmarks/train_throughput.py --batch_size 48,32,16 --checkpointed_batch_size 128,96  # largest that fits
 
 Both configurations train a randomly initialised Whisper built from its config (no download) on the same examples:
 sample-corpus audio and text concatenated to 30-60 label tokens, through the project's collator.
 - A: `train_accelerate.training_step` with fused AdamW, bf16 autocast, int16 audio shipped to the device and log-mel
-  computed there, and the batch size given (with and without gradient checkpointing).
+  computed there, with and without gradient checkpointing. Given several batch sizes, largest first, A runs the
+  first that fits in memory: the largest batch that fits.
 - B: `Seq2SeqTrainer`, per-device batch 4, gradient accumulation 4, bf16, gradient checkpointing, 1 DataLoader
   worker, log-mel precomputed on the host (the blog converted its features before training).
 Samples/s is the median over windows after warm-up; MFU uses the exact FLOP count of kspon_whisper/flops.py.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import platform
 import statistics
 import tempfile
@@ -90,7 +93,9 @@ def make_examples(processor: WhisperProcessor, count: int, seed: int = 0) -> lis
 
 def random_model(name: str, gradient_checkpointing: bool) -> WhisperForConditionalGeneration:
     torch.manual_seed(0)
-    model = WhisperForConditionalGeneration._from_config(whisper_config(name), attn_implementation="sdpa")
+    # Initialised where it will train: large-v3's 1.5 B random weights take far longer to draw on the host.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = WhisperForConditionalGeneration._from_config(whisper_config(name), attn_implementation="sdpa")
     configure_model(model, TrainConfig(data_dir="unused", max_steps=1, gradient_checkpointing=gradient_checkpointing))
     return model
 
@@ -127,12 +132,13 @@ def peak_memory_gib() -> float | None:
 
 
 def reset_memory() -> None:
+    gc.collect()  # what an out-of-memory attempt left behind must go before the next one allocates
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
-def run_ours(args, examples, extractor, gradient_checkpointing: bool) -> Result:
+def run_ours(args, batch_size: int, examples, extractor, gradient_checkpointing: bool) -> Result:
     reset_memory()
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     model = random_model(args.model, gradient_checkpointing)
@@ -141,8 +147,8 @@ def run_ours(args, examples, extractor, gradient_checkpointing: bool) -> Result:
     model, optimizer = accelerator.prepare(model, optimizer)
     collator = WhisperCollator(extractor, model.config.decoder_start_token_id, audio_mode="waveform")
     log_mel = LogMelSpectrogram(extractor).to(accelerator.device)
-    batches = [collator(examples[i : i + args.batch_size]) for i in range(0, len(examples), args.batch_size)]
-    batches = [b for b in batches if len(b["labels"]) == args.batch_size]
+    batches = [collator(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
+    batches = [b for b in batches if len(b["labels"]) == batch_size]
     if torch.cuda.is_available():
         batches = [{k: v.pin_memory() for k, v in b.items() if torch.is_tensor(v)} for b in batches]
     cursor = iter(range(10**9))
@@ -155,15 +161,15 @@ def run_ours(args, examples, extractor, gradient_checkpointing: bool) -> Result:
         training_step(accelerator, model, optimizer, scheduler, window, max_grad_norm=1.0)
 
     try:
-        rate = timed_windows(step, args.steps, args.warmup, args.window, args.batch_size)
+        rate = timed_windows(step, args.steps, args.warmup, args.window, batch_size)
     except torch.OutOfMemoryError:
-        return Result("A: this loop", args.batch_size, gradient_checkpointing, float("nan"), None, None, "OOM")
+        return Result("A: this loop", batch_size, gradient_checkpointing, float("nan"), None, None, "OOM")
     label_tokens = statistics.mean(len(e["labels"]) - 1 for e in examples)
     flops = whisper_training_flops(model.config, round(label_tokens), gradient_checkpointing)
     peak = device_peak_flops()
     result = Result(
         "A: this loop",
-        args.batch_size,
+        batch_size,
         gradient_checkpointing,
         rate,
         peak and mfu(rate, flops, peak),
@@ -255,25 +261,42 @@ def environment() -> str:
     )
 
 
-def write_results(text: str) -> None:
-    """Replace (or append) the `## Training throughput` section of RESULTS.md."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    head, marker, rest = current.partition("## Training throughput")
+def write_results(text: str, path: Path | None = None) -> None:
+    """Replace (or append) the section of RESULTS.md (or `path`) whose heading is `text`'s first line."""
+    path = path or RESULTS
+    heading = text.splitlines()[0]
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    head, marker, rest = current.partition(heading + "\n")
     tail = rest[rest.find("\n## ") :] if marker and "\n## " in rest else ""
-    RESULTS.write_text(head.rstrip() + "\n\n" + text.rstrip() + "\n" + tail)
+    path.write_text(head.rstrip() + "\n\n" + text.rstrip() + "\n" + tail)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="large-v3", help="large-v3, large-v3-turbo, small, tiny or test")
-    parser.add_argument("--batch_size", type=int, default=16, help="configuration A's per-device batch")
+    parser.add_argument(
+        "--batch_size", type=batch_sizes, default=[16], help="A's batch; of a list (largest first), the first to fit"
+    )
+    parser.add_argument(
+        "--checkpointed_batch_size", type=batch_sizes, help="the same for A with checkpointing (default: --batch_size)"
+    )
     parser.add_argument("--gradient_checkpointing", choices=("on", "off", "both"), default="both", help="for A")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps (after warm-up)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, kernels, workers)")
     parser.add_argument("--window", type=int, default=5, help="steps per timing window; the median window counts")
     parser.add_argument("--configs", default="A,B", help="which configurations to run: A, B or A,B")
     parser.add_argument("--write_results", action="store_true", help="update benchmarks/RESULTS.md")
-    return parser.parse_args(argv)
+    parser.add_argument("--results", type=Path, help="write to this file instead of benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    args.checkpointed_batch_size = args.checkpointed_batch_size or args.batch_size
+    return args
+
+
+def batch_sizes(text: str) -> list[int]:
+    sizes = [int(size) for size in text.split(",")]
+    if any(size < 1 for size in sizes) or sizes != sorted(sizes, reverse=True):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive batch sizes, largest first, e.g. 48,32,16")
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
@@ -281,7 +304,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     processor = WhisperProcessor.from_pretrained(build_offline_whisper(DEFAULT_OUTPUT_DIR))
     processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
     extractor = WhisperFeatureExtractor(feature_size=whisper_config(args.model).num_mel_bins)
-    steps_needed = (args.warmup + args.steps) * max(args.batch_size, 16)
+    steps_needed = (args.warmup + args.steps) * max(*args.batch_size, *args.checkpointed_batch_size, 16)
     examples = make_examples(processor, min(steps_needed, 256))
     print(
         f"{len(examples)} examples, label tokens {min(len(e['labels']) for e in examples)}-"
@@ -295,18 +318,25 @@ def main(argv: list[str] | None = None) -> list[Result]:
         print(table(results[-1:]), flush=True)
     if "A" in args.configs:
         for ckpt in checkpointing:
-            results.append(run_ours(args, examples, extractor, ckpt))
-            print(table(results[-1:]), flush=True)
+            for batch_size in args.checkpointed_batch_size if ckpt else args.batch_size:
+                results.append(run_ours(args, batch_size, examples, extractor, ckpt))
+                print(table(results[-1:]), flush=True)
+                if results[-1].note != "OOM":
+                    break
     text = report(args, results)
     print(text)
     if args.write_results:
-        write_results(text)
+        write_results(text, args.results)
     return results
 
 
 def report(args, results: list[Result]) -> str:
     blog = next((r for r in results if r.name.startswith("B")), None)
-    options = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "write_results")
+    options = " ".join(
+        f"--{k} {','.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k not in ("write_results", "results")
+    )
     lines = [
         "## Training throughput",
         "",
@@ -321,6 +351,13 @@ def report(args, results: list[Result]) -> str:
             lines.append(
                 f"- {r.name}, gradient checkpointing {r.gradient_checkpointing}: "
                 f"{r.samples_per_s / blog.samples_per_s:.1f}x configuration B on this device."
+            )
+    for checkpointing in (False, True):
+        tried = [r for r in results if r.name.startswith("A") and r.gradient_checkpointing == checkpointing]
+        if len(tried) > 1:
+            lines.append(
+                f"- A, gradient checkpointing {checkpointing}: the largest batch that fits is "
+                f"{tried[-1].batch if tried[-1].note != 'OOM' else 'none tried'} (tried {[r.batch for r in tried]})."
             )
     lines.append(f"- The blog reported {BLOG_SAMPLES_PER_S} samples/s for configuration B on one H100 80GB.")
     return "\n".join(lines)

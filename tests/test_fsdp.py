@@ -18,9 +18,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import merge_fsdp_weights
 from process_tree import run_process_tree
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import WhisperForConditionalGeneration
 
+import train_accelerate
 from kspon_whisper.evaluation import evaluate
 from train_accelerate import Trainer, parse_config
 
@@ -124,3 +125,20 @@ def test_fsdp_evaluation_matches_one_process_on_the_saved_model(runs, tone_corpu
     assert records == rows
     written = json.loads((runs["full"] / "metrics.json").read_text())["test"]
     assert metrics == pytest.approx(written)
+
+
+@pytest.mark.slow
+def test_push_only_pushes_the_gathered_model_and_refuses_a_shard(runs, tmp_path, monkeypatch):
+    pushed = []
+    monkeypatch.setattr(train_accelerate, "push_output_dir", lambda output_dir, *_, **__: pushed.append(output_dir))
+    shutil.copytree(runs["full"], tmp_path / "out", ignore=shutil.ignore_patterns("checkpoints"))
+    push_only = ["--push_only", "--output_dir", str(tmp_path / "out"), "--hub_model_id", "me/whisper-ko"]
+    train_accelerate.main(push_only)
+    assert pushed == [str(tmp_path / "out")]
+    # What rank 0 alone holds under FSDP: the first half of every tensor's rows.
+    weights = load_file(tmp_path / "out" / "model.safetensors")
+    shard = {name: tensor[: -(-len(tensor) // 2)].contiguous() for name, tensor in weights.items()}
+    save_file(shard, tmp_path / "out" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="no loadable full model .* --resume_from_checkpoint latest"):
+        train_accelerate.main(push_only)
+    assert len(pushed) == 1

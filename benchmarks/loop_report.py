@@ -1,0 +1,62 @@
+"""The `## GPU check: the training loop` section of RESULTS.md, from a gpu_check.sh loop run's log and outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from benchmarks.train_throughput import environment, write_results
+
+HEADING = "## GPU check: the training loop"
+
+
+def section(loop_dir: Path, log: str, seconds: int, config: str) -> str:
+    metrics = json.loads((loop_dir / "metrics.json").read_text())
+    steps = re.findall(r"^step \d+ \|.*$", log, flags=re.MULTILINE)
+    evals = re.findall(r"^eval \S+ @ step \d+ \|.*$", log, flags=re.MULTILINE)
+    precision = next(iter(re.findall(r"\| mixed precision (\S+) \|", log)), "unknown")
+    lines = [
+        HEADING,
+        "",
+        (
+            f"- `benchmarks/gpu_check.sh`, phase 2: `accelerate launch --config_file {config} train_accelerate.py` "
+            f"for 2 steps on the embedded sample corpus (mixed precision {precision}), then the final save and "
+            "evaluation."
+        ),
+        f"- {environment()}.",
+        f"- Wall time of the launch: {seconds} s (model load, 2 steps, checkpoint, save, evaluation).",
+        "",
+        "```",
+        *steps,
+        *evals,
+        "```",
+        "",
+        (
+            f"- Training: {metrics['train']}; test CER {metrics['test']['cer']:.4f} over "
+            f"{metrics['test']['num_scored']} utterances (after 2 steps: this shows that the loop runs end to end, "
+            "not what the model is worth)."
+        ),
+    ]
+    if not steps or not evals:
+        raise ValueError(f"no step or eval lines in the loop's log; the run did not complete:\n{log[-3000:]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--loop_dir", type=Path, required=True, help="the loop run's --output_dir")
+    parser.add_argument("--log", type=Path, required=True, help="its combined stdout/stderr")
+    parser.add_argument("--seconds", type=int, required=True, help="wall time of the launch")
+    parser.add_argument("--config", required=True, help="the accelerate config it was launched with")
+    parser.add_argument("--results", type=Path, required=True, help="the RESULTS.md to update")
+    args = parser.parse_args(argv)
+    text = section(args.loop_dir, args.log.read_text(), args.seconds, args.config)
+    write_results(text, args.results)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""benchmarks/gpu_check.sh at toy size on the CPU (`--cpu-smoke`), so the GPU check cannot rot before a GPU runs it."""
+
+import hashlib
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from process_tree import run_process_tree
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 600  # about 2 min on 2 shared cores
+
+
+@pytest.mark.slow
+def test_cpu_smoke_runs_both_phases_and_writes_its_numbers(tmp_path):
+    committed = REPO / "benchmarks" / "RESULTS.md"
+    before = hashlib.sha256(committed.read_bytes()).hexdigest()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
+    log = run_process_tree(
+        ["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", str(tmp_path)], cwd=REPO, env=env, timeout=TIMEOUT_S
+    )
+    results = (tmp_path / "RESULTS.md").read_text()
+    throughput = results.split("## Training throughput", 1)[1].split("\n## ", 1)[0]
+    assert "device CPU" in throughput
+    # Batch 8, then 4 with checkpointing: each list's largest size that fits (on a CPU, the first).
+    assert re.search(r"\| A: this loop \| 8 \| False \| [\d.]+ \|", throughput), throughput
+    assert re.search(r"\| A: this loop \| 4 \| True \| [\d.]+ \|", throughput), throughput
+    loop = results.split("## GPU check: the training loop", 1)[1]
+    assert "device CPU" in loop and "mixed precision no" in loop
+    assert re.search(r"^step 2 \| loss [\d.]+ ", loop, flags=re.MULTILINE), loop
+    assert re.search(r"^eval test @ step 2 \| cer [\d.]+ ", loop, flags=re.MULTILINE), loop
+    assert "gpu_check: done" in log
+    assert hashlib.sha256(committed.read_bytes()).hexdigest() == before, "the smoke run wrote the committed RESULTS.md"
