@@ -3,13 +3,15 @@
 `accelerate launch` starts torch's elastic agent, which starts each worker with `start_new_session=True`, so a
 `killpg` on the launcher never reaches a hung worker, and a reader of the launcher's stdout pipe waits as long as that
 worker keeps the pipe open. Here every process of the run carries a tag in its environment, which children inherit
-whatever session or parent they end up with; on timeout each tagged process first gets SIGABRT, which makes Python
+whatever session or parent they end up with (`tagged_environment` does the same for code that starts its own
+processes); on timeout each tagged process first gets SIGABRT, which makes Python
 (with PYTHONFAULTHANDLER) print every thread's stack into the log, then SIGKILL. Output goes to files, not pipes, so
 nothing waits on a descendant's open file descriptor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -18,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,18 +125,35 @@ def run_ok(command: list[str], *, timeout_s: float, **kwargs) -> Finished:
     return result
 
 
-def kill_tree(tag: str, root: subprocess.Popen, dump_stacks: bool = False) -> int:
+@contextlib.contextmanager
+def tagged_environment() -> Iterator[str]:
+    """For code that starts processes itself (a benchmark's phases): every process started in the block carries a
+    tag, and whatever of them still runs when the block ends, normally or by a test's time limit, is killed.
+    """
+    tag, previous = uuid.uuid4().hex, os.environ.get(TAG_VARIABLE)
+    os.environ[TAG_VARIABLE] = tag
+    try:
+        yield tag
+    finally:
+        if previous is None:
+            del os.environ[TAG_VARIABLE]
+        else:
+            os.environ[TAG_VARIABLE] = previous
+        kill_tree(tag, exclude=os.getpid())
+
+
+def kill_tree(tag: str, root: subprocess.Popen | None = None, dump_stacks: bool = False, exclude: int = 0) -> int:
     """Kill every process carrying `tag` and the root; return how many were alive besides the root."""
     if dump_stacks:
-        for pid in tagged_pids(tag):
+        for pid in tagged_pids(tag) - {exclude}:
             _signal(pid, signal.SIGABRT)
         deadline = time.monotonic() + STACK_DUMP_GRACE_S
         while tagged_pids(tag) and time.monotonic() < deadline:
             time.sleep(POLL_S)
     found = 0
     for _ in range(50):  # a process may fork while we kill; go round until nothing tagged is left
-        pids = tagged_pids(tag) - {root.pid}
-        if root.poll() is None:
+        pids = tagged_pids(tag) - {exclude} - ({root.pid} if root else set())
+        if root is not None and root.poll() is None:
             _signal(root.pid, signal.SIGKILL)
         if not pids:
             break

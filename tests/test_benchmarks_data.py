@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import data_pipeline
+from tests.processes import tagged_environment
 
 TINY = ["--num_utterances", "200", "--passes", "1", "--loader_workers", "1", "--loader_batches", "2"]
 
@@ -16,7 +17,8 @@ def test_benchmark_measures_every_phase_and_updates_only_its_section(tmp_path: P
     workdir = tmp_path / "work"
     argv = [*TINY, "--workdir", str(workdir), "--write_results", "--results_file", str(results_file)]
 
-    results = data_pipeline.main(argv)
+    with tagged_environment():  # its phases run as child processes: none may outlive the test
+        results = data_pipeline.main(argv)
 
     dataset = results["dataset"]
     stream = dataset["stream"]

@@ -1,13 +1,14 @@
 """The process helper every launching test relies on: a hung tree is killed in seconds, escaped workers included."""
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.processes import run_command, run_ok
+from tests.processes import run_command, run_ok, tagged_environment
 
 # A parent that starts a grandchild in its own session, as torch's elastic agent starts workers: a killpg on the
 # parent's group cannot reach it. The grandchild writes its pid, then sleeps as a hung worker would.
@@ -79,3 +80,10 @@ def test_stop_when_kills_the_tree_at_the_matching_line():
 def test_the_environment_is_passed_on():
     command = [sys.executable, "-c", "import os; print(os.environ['SOME_SETTING'])"]
     assert run_ok(command, timeout_s=30, env=dict(os.environ, SOME_SETTING="42")).stdout.strip() == "42"
+
+
+def test_processes_started_in_a_tagged_environment_die_with_the_block():
+    with tagged_environment():
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    child.wait(timeout=10)  # raises if the block left it running
+    assert child.returncode == -9
