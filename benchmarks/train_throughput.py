@@ -146,9 +146,8 @@ def run_ours(args, examples, extractor, gradient_checkpointing: bool) -> Result:
         batch = batches[next(cursor) % len(batches)]
         features = log_mel(batch["input_audio"].to(accelerator.device, non_blocking=True))
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
-        training_step(
-            accelerator, model, optimizer, scheduler, {"input_features": features, "labels": labels}, 1.0, 1.0
-        )
+        window = [({"input_features": features, "labels": labels}, 1.0)]  # one micro-batch per optimizer step
+        training_step(accelerator, model, optimizer, scheduler, window, 1.0)
 
     try:
         rate = timed_windows(step, args.steps, args.warmup, args.window, args.batch_size)
