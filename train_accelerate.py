@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import math
 import random
 import sys
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -532,10 +534,6 @@ class Trainer:
             )
             if cfg.push_to_hub:
                 self.say(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
-        # With gloo, tearing the process group down while its worker thread still frees the last gather's tensors
-        # deadlocks at exit (about 1 run in 5 on CPU); waiting here lets that thread finish first.
-        acc.wait_for_everyone()
-        acc.end_training()
 
 
 @contextlib.contextmanager
@@ -591,6 +589,26 @@ def main(argv: list[str] | None = None) -> None:
     trainer.describe()
     trainer.fit()
     trainer.finish()
+    model = weakref.ref(trainer.model)
+    del trainer  # the last strong reference to the model outside accelerate: see `end_distributed`
+    end_distributed(accelerator, model)
+
+
+def end_distributed(accelerator: Accelerator, model: weakref.ref) -> None:
+    """Free the model, then destroy the process group, in this order, so that the process always exits.
+
+    DDP's C++ Reducer holds the process group. If it is the last owner (accelerate's `end_training` has dropped the
+    others), freeing the model destroys a gloo group with the GIL held, and the group's destructor joins its worker
+    threads, one of which may still be freeing the last collective's tensors and waits for the GIL: a deadlock at
+    interpreter exit (measured: 1 run in 20 on 2 CPU cores, benchmarks/RESULTS.md). Freed first, the Reducer only
+    lets go; the group then dies through its Python handle, whose destructor releases the GIL.
+    """
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()  # accelerate's own references to the prepared model and optimizer
+    gc.collect()  # DDP sits in reference cycles; collect it now, not at some later collection or at exit
+    if accelerator.num_processes > 1 and model() is not None:
+        logger.warning("The model is still referenced at exit: destroying the process group may deadlock.")
+    accelerator.end_training()  # trackers, then torch.distributed.destroy_process_group()
 
 
 def check_full_model(output_dir: str) -> None:

@@ -157,7 +157,7 @@ def run_ours(args, batch_size: int, examples, extractor, gradient_checkpointing:
         batch = batches[next(cursor) % len(batches)]
         features = log_mel(batch["input_audio"].to(accelerator.device, non_blocking=True))
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
-        window = [({"input_features": features, "labels": labels}, 1.0)]  # one micro-batch, weight 1
+        window = [({"input_features": features, "labels": labels}, 1.0)]  # one micro-batch per optimizer step
         training_step(accelerator, model, optimizer, scheduler, window, max_grad_norm=1.0)
 
     try:

@@ -8,6 +8,7 @@ import faulthandler
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def pytest_runtest_protocol(item, nextitem):
 
     previous = signal.signal(signal.SIGALRM, timed_out)
     signal.alarm(TEST_TIMEOUT_S)
-    faulthandler.dump_traceback_later(TEST_TIMEOUT_S + HARD_EXIT_AFTER_S, exit=True)
+    faulthandler.dump_traceback_later(TEST_TIMEOUT_S + HARD_EXIT_AFTER_S, exit=True, file=_terminal_stderr(item))
     try:
         yield
     finally:
@@ -78,3 +79,11 @@ def tone_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+def _terminal_stderr(item) -> int:
+    """The stderr pytest's fd capture saved away: a dump into the captured one would vanish with the exit."""
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    err = getattr(getattr(capture, "_global_capturing", None), "err", None)
+    saved = getattr(err, "targetfd_save", None)
+    return saved if isinstance(saved, int) else sys.stderr.fileno()

@@ -8,12 +8,15 @@ an odd number of micro-batches: its last window is then partial, and two epochs 
 import math
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from accelerate.state import AcceleratorState, GradientState
 
 import train_accelerate
 from kspon_dataset import load_kspon
+from tests.processes import run_ok
+from tests.test_two_process import ENV, LAUNCH
 
 EPOCHS = 2
 LOG_LINE = re.compile(r"^step (\d+) \| loss (\S+) \| lr (\S+) \| grad_norm (\S+) \|", re.MULTILINE)
@@ -86,3 +89,12 @@ def test_accumulating_two_micro_batches_equals_the_double_batch(train, train_ids
     worst = max(((expected[name] - actual[name]).abs().max().item(), name) for name in expected)
     # Measured: 5e-7 (float rounding, through AdamW); averaging per-micro-batch means instead of tokens gave 3e-3.
     assert worst[0] < 1e-5, f"{worst[1]} differs by {worst[0]:.2e} between {size} x 2 and {2 * size} x 1"
+
+
+@pytest.mark.slow
+def test_two_ranks_normalise_by_the_tokens_of_both():
+    """Per-rank token counts, a missing num_processes factor or a counted filler would each change the gradient."""
+    script = Path(__file__).with_name("two_rank_window.py")
+    result = run_ok([*LAUNCH, str(script)], timeout_s=180, env=ENV)
+    for rank in (0, 1):
+        assert f"rank {rank}: largest difference from one process" in result.stdout, result.log_tail()
