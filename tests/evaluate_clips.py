@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from accelerate import Accelerator
 
 from kspon_dataset.corpus import Selection
 from kspon_whisper.data import Split
-from train_accelerate import Trainer, parse_config
+from train_accelerate import Trainer, end_distributed, parse_config
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "kspon_dataset" / "sample"
 # Six espeak-ng utterances of the sample corpus' training split, the ones Whisper base transcribes best: per-clip CER
@@ -63,8 +64,9 @@ def main(model_dir: str, out: str) -> None:
     metrics = trainer.evaluate_and_log("validation")
     if accelerator.is_main_process:
         Path(out).write_text(json.dumps(metrics, ensure_ascii=False))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    model = weakref.ref(trainer.model)
+    del trainer
+    end_distributed(accelerator, model)  # the trainer's own clean exit
 
 
 if __name__ == "__main__":
