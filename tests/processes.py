@@ -190,3 +190,9 @@ def _signal(pid: int, signum: int) -> None:
 def _shown(command: list[str]) -> str:
     shown = [Path(part).name if part == sys.executable else part for part in command]
     return " ".join(shown[:6]) + (" ..." if len(shown) > 6 else "")
+
+
+def run_output(command: list[str], *, timeout_s: float, **kwargs) -> str:
+    """`run_ok`, returning what the command printed (stdout, then stderr)."""
+    result = run_ok(command, timeout_s=timeout_s, **kwargs)
+    return result.stdout + result.stderr

@@ -16,10 +16,10 @@ import pytest
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from evaluate_clips import CLIPS, clip_trainer
-from process_tree import run_process_tree
 from transformers import WhisperForConditionalGeneration
 
 from kspon_whisper import evaluation
+from tests.processes import run_output
 
 REPO = Path(__file__).resolve().parent.parent
 CER_BAND = (0.22, 0.50)
@@ -92,7 +92,7 @@ def test_two_processes_give_the_same_metrics_and_rows(one_process, offline_whisp
     ]  # fmt: skip
     # ACCELERATE_USE_CPU with --multi_gpu starts two gloo processes (`--cpu --num_processes 2` starts one).
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    run_process_tree(command, cwd=REPO, env=env, timeout=TIMEOUT_S)
+    run_output(command, cwd=REPO, env=env, timeout_s=TIMEOUT_S)
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["records"] == one_process["records"]
     assert {k: v for k, v in two.items() if k != "records"} == {k: v for k, v in one_process.items() if k != "records"}

@@ -17,12 +17,12 @@ import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import merge_fsdp_weights
-from process_tree import run_process_tree
 from safetensors.torch import load_file, save_file
 from transformers import WhisperForConditionalGeneration
 
 import train_accelerate
 from kspon_whisper.evaluation import evaluate
+from tests.processes import run_output
 from train_accelerate import Trainer, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def launch(accelerate_config: Path, model_dir: Path, corpus: Path, output_dir: P
         "--generation_max_new_tokens", str(MAX_NEW_TOKENS), "--report_to", "none", *extra,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return run_process_tree(command, cwd=REPO, env=env, timeout=TIMEOUT_S)
+    return run_output(command, cwd=REPO, env=env, timeout_s=TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from process_tree import run_process_tree
+
+from tests.processes import run_output
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 600  # about 2 min on 2 shared cores
@@ -18,8 +19,8 @@ def test_cpu_smoke_runs_both_phases_and_writes_its_numbers(tmp_path):
     committed = REPO / "benchmarks" / "RESULTS.md"
     before = hashlib.sha256(committed.read_bytes()).hexdigest()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
-    log = run_process_tree(
-        ["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", str(tmp_path)], cwd=REPO, env=env, timeout=TIMEOUT_S
+    log = run_output(
+        ["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", str(tmp_path)], cwd=REPO, env=env, timeout_s=TIMEOUT_S
     )
     results = (tmp_path / "RESULTS.md").read_text()
     throughput = results.split("## Training throughput", 1)[1].split("\n## ", 1)[0]
