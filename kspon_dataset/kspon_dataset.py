@@ -24,6 +24,7 @@ from typing import ClassVar
 import datasets
 import numpy as np
 
+from .archives import build_indexes
 from .corpus import (
     HOMEPAGE,
     NOT_LOST,
@@ -31,7 +32,6 @@ from .corpus import (
     SKIP_REASONS,
     SPLIT_SCHEMES,
     Selection,
-    build_indexes,
     check_skips,
     find_sources,
     kept_line,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kspon_dataset import KsponSpeech, corpus
+from kspon_dataset import KsponSpeech, archives, corpus
 from kspon_dataset.sample_corpus import Utterance, write_utterances
 from kspon_whisper.data import PassCounter, Split, make_dataloader, rank_order, set_epoch
 
@@ -151,15 +151,15 @@ def test_a_restored_loader_continues_exactly(splits, num_workers):
 def test_index_is_compact_cached_and_memory_mapped(scaled_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("KSPON_INDEX_CACHE", str(tmp_path / "index"))
     archive = str(scaled_corpus / "KsponSpeech_01.zip")
-    corpus.index_source.cache_clear()
-    built = corpus.index_source(archive)
+    archives.index_source.cache_clear()
+    built = archives.index_source(archive)
     assert built.records.dtype.itemsize == 74  # bytes per utterance: 46 MB for the whole corpus
     assert list((tmp_path / "index").glob("KsponSpeech_01-*.npy")), "the index was not cached"
-    corpus.index_source.cache_clear()
-    again = corpus.index_source(archive)
+    archives.index_source.cache_clear()
+    again = archives.index_source(archive)
     assert isinstance(again.records, np.memmap), "a later process should map the cached index, not rebuild it"
     assert np.array_equal(again.records, built.records) and again.folders == built.folders
-    corpus.index_source.cache_clear()
+    archives.index_source.cache_clear()
 
 
 def test_zip64_directories_are_read_like_zipfile_reads_them(tmp_path, monkeypatch):
@@ -174,11 +174,11 @@ def test_zip64_directories_are_read_like_zipfile_reads_them(tmp_path, monkeypatc
     with zipfile.ZipFile(path) as z:
         expected = {i.filename: (i.header_offset, i.compress_size, i.file_size, i.CRC) for i in z.infolist()}
     assert path.read_bytes().count(b"PK\x06\x06") == 1, "no ZIP64 end record: the test lost its point"
-    parsed = {name: entry[:4] for name, entry in corpus._zip_members(str(path))}
+    parsed = {name: entry[:4] for name, entry in archives._zip_members(str(path))}
     assert parsed == expected
-    index = corpus._build_index(str(path), corpus._zip_members(str(path)))
+    index = archives._build_index(str(path), archives._zip_members(str(path)))
     for record in index.records:
-        uid = corpus.uid_string(int(record["uid"]))
+        uid = archives.uid_string(int(record["uid"]))
         assert (
             corpus.read_file(str(path), index.folders[0], uid, "pcm", record)
             == members[f"{index.folders[0]}/{uid}.pcm"]
@@ -190,11 +190,11 @@ def test_a_lying_size_is_caught_without_inflating_the_whole_member(tmp_path):
     path = tmp_path / "KsponSpeech_01.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("KsponSpeech_01/KsponSpeech_0001/KsponSpeech_000001.pcm", bytes(50_000_000))
-    index = corpus._build_index(str(path), corpus._zip_members(str(path)))
+    index = archives._build_index(str(path), archives._zip_members(str(path)))
     record = index.records[0].copy()
     record["pcm_size"] = 1000
     tracemalloc.start()
-    with pytest.raises(corpus.CorruptMember, match="size mismatch"):
+    with pytest.raises(archives.CorruptMember, match="size mismatch"):
         corpus.read_file(str(path), index.folders[0], "KsponSpeech_000001", "pcm", record)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -228,12 +228,12 @@ def test_a_streamed_pass_says_what_it_kept(splits, scaled_corpus):
 def test_large_archives_are_indexed_in_child_processes(scaled_corpus, tmp_path, monkeypatch):
     """At full size the five ZIPs are indexed in parallel, in children, and this process only maps the results."""
     monkeypatch.setenv("KSPON_INDEX_CACHE", str(tmp_path / "index"))
-    monkeypatch.setattr(corpus, "INDEX_IN_CHILDREN_BYTES", 0)
+    monkeypatch.setattr(archives, "INDEX_IN_CHILDREN_BYTES", 0)
     sources = [str(p) for p in sorted(scaled_corpus.glob("KsponSpeech_0*.zip"))]
     built_here = []
-    monkeypatch.setattr(corpus, "_build_index", lambda *args: built_here.append(args) or None)  # not in this process
-    corpus.build_indexes(sources)
+    monkeypatch.setattr(archives, "_build_index", lambda *args: built_here.append(args) or None)  # not in this process
+    archives.build_indexes(sources)
     assert not built_here and len(list((tmp_path / "index").glob("*.npy"))) == len(sources)
-    corpus.index_source.cache_clear()
-    assert all(isinstance(corpus.index_source(s).records, np.memmap) for s in sources)
-    corpus.index_source.cache_clear()
+    archives.index_source.cache_clear()
+    assert all(isinstance(archives.index_source(s).records, np.memmap) for s in sources)
+    archives.index_source.cache_clear()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import full_scale
-from kspon_dataset.corpus import _zip_members
+from kspon_dataset.archives import _zip_members
 
 SMALL = ["--folders", "12", "--per_folder", "40", "--eval_utterances", "60", "--examples_per_rank", "0"]
 
