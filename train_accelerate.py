@@ -52,6 +52,7 @@ from kspon_whisper.log_mel import LogMelSpectrogram
 from kspon_whisper.metrics import SCORING_NORMALIZATION
 
 logger = logging.getLogger("train_accelerate")
+HELD_OUT_SPLITS = ("validation", "test", "eval_clean", "eval_other")
 
 
 @dataclass
@@ -125,6 +126,37 @@ class TrainConfig:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.streaming and self.max_steps <= 0 and not self.push_only:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
+        if isinstance(self.final_eval_splits, str):  # `final_eval_splits: test` in YAML is one name, not letters
+            self.final_eval_splits = self.final_eval_splits.replace(",", " ").split()
+        unknown = sorted(set(self.final_eval_splits) - set(HELD_OUT_SPLITS))
+        if unknown:
+            raise ValueError(
+                f"--final_eval_splits {unknown} are not splits of KsponSpeech; choose from {HELD_OUT_SPLITS}."
+            )
+
+
+def check_splits(cfg: TrainConfig, splits: dict) -> None:
+    """Before any training: the splits this run needs are there, or the error says which archive holds them."""
+    where = {
+        "train": "KsponSpeech_01.zip ... KsponSpeech_05.zip",
+        "validation": "KsponSpeech_05.zip (with split_scheme official: folders 0621-0623, listed in dev.trn)",
+        "test": "the training ZIPs (split_scheme official has no test split: use eval_clean / eval_other)",
+        "eval_clean": "KsponSpeech_eval.zip",
+        "eval_other": "KsponSpeech_eval.zip",
+    }
+    needed = ["train"] + (["validation"] if cfg.eval_every or cfg.eval_before_training else [])
+    missing = [split for split in needed if split not in splits]
+    if missing:
+        raise ValueError(
+            f"{cfg.data_dir} gives no {' or '.join(missing)} split with --split_scheme {cfg.split_scheme}: it comes "
+            f"from {'; '.join(where[split] for split in missing)}. Add it to the data_dir"
+            + (", or set --eval_every 0 --eval_before_training false." if missing == ["validation"] else ".")
+        )
+    for split in ["validation", *cfg.final_eval_splits]:
+        if split not in splits:
+            logger.warning(
+                f"{split} will not be scored: {cfg.data_dir} does not provide it (it comes from {where[split]})."
+            )
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
@@ -282,6 +314,7 @@ class Trainer:
             self.splits = load_splits(
                 cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
             )
+        check_splits(cfg, self.splits)
         self.train_loader = self.loader("train", shuffle=True)
         self.train_counts = PassCounter(self.splits["train"])
         self.data_counts: dict[str, dict] = {}  # split -> "kept N of M" counts of its last whole pass
