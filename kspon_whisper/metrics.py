@@ -41,6 +41,7 @@ SCORING_NORMALIZATION = (
     "CER deletes every space."
 )
 
+SCORES = ("cer", "wer", "swer", "cer_nospace")  # the error rates `score` returns, in the order tables show them
 _KEPT_CATEGORY_PREFIXES = ("L", "N", "M")  # letters, numbers, combining marks
 # Whisper's runaway decodes repeat a unit of a syllable to a few words over and over ("감사합니다" x 40). Five runs
 # of the same 1-10 characters, spaces ignored: speech does say "네 네 네 네" (four), rarely five.
