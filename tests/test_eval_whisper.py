@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eval_whisper import parse_args, results_table
-from kspon_whisper.metrics import SCORES, score
+from eval_whisper import parse_args
+from kspon_whisper.metrics import SCORES, loop_reason, score
 from tests.processes import run_ok
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,13 +59,19 @@ def test_writes_predictions_metrics_and_table_that_agree(one_process):
         assert len(rows) == 4 and all(row["id"].startswith("KsponSpeech_E") for row in rows)
         rescored = score([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
         assert {k: metrics[split][k] for k in SCORES} == {k: rescored[k] for k in SCORES}
-        assert metrics[split]["loops"]["num_hypotheses"] == 4
+        flagged = [r["id"] for r in rows if loop_reason(r["reference"], r["hypothesis"])]
+        loops = metrics[split]["loops"]
+        assert (loops["num_hypotheses"], loops["num_loops"]) == (4, len(flagged))
+        assert [example["id"] for example in loops["examples"]] == flagged[:3]
         assert metrics[split]["utterances_per_s"] > 0
         assert f"eval {split} | cer " in stdout and "utterances/s" in stdout
     assert "hypotheses look like hallucination or repetition loops" in stdout
     table = (out / "results.md").read_text()
     assert "| Split | Utterances | CER (%) | WER (%) | sWER (%) | space-free CER (%) | Loops |" in table
-    assert table.strip() == results_table({split: metrics[split] for split in SPLITS})
+    for split in SPLITS:
+        values = metrics[split]
+        cells = [split, "4", *(f"{100 * values[key]:.2f}" for key in SCORES), str(values["loops"]["num_loops"])]
+        assert "| " + " | ".join(cells) + " |" in table.splitlines()
     assert (metrics["settings"]["num_beams"], metrics["settings"]["max_new_tokens"]) == (1, 12)
 
 
