@@ -44,12 +44,16 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser, WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
 
 from kspon_whisper.checkpoints import load_loop_state, resolve_checkpoint, save_checkpoint
-from kspon_whisper.collator import WhisperCollator
-from kspon_whisper.data import PassCounter, SpeechBatcher, load_splits, make_dataloader, set_epoch
-from kspon_whisper.evaluation import evaluate, write_predictions
+from kspon_whisper.data import ModelInputs, PassCounter, load_splits, make_dataloader, set_epoch, speech_batcher
+from kspon_whisper.evaluation import (
+    MAX_NEW_TOKENS,
+    NUM_BEAMS,
+    evaluate_split,
+    set_korean_transcription,
+    write_predictions,
+)
 from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
-from kspon_whisper.log_mel import LogMelSpectrogram
-from kspon_whisper.metrics import SCORING_NORMALIZATION
+from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
 
 logger = logging.getLogger("train_accelerate")
 HELD_OUT_SPLITS = ("validation", "test", "eval_clean", "eval_other")
@@ -91,8 +95,8 @@ class TrainConfig:
     max_eval_samples: int | None = 512  # validation samples per periodic eval; final evals use all
     eval_before_training: bool = False  # score the validation split once before the first step
     final_eval_splits: list[str] = field(default_factory=lambda: ["test", "eval_clean", "eval_other"])
-    num_beams: int = 1  # beam size for generation during evaluation
-    generation_max_new_tokens: int = 225  # cap on generated tokens per utterance
+    num_beams: int = NUM_BEAMS  # beam size for generation during evaluation
+    generation_max_new_tokens: int = MAX_NEW_TOKENS  # cap on generated tokens per utterance
     # logging and checkpoints
     output_dir: str = "runs/whisper-ko"  # model, metrics, predictions, card, checkpoints, logs
     log_every: int = 25  # optimizer steps between log lines
@@ -177,21 +181,18 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 def load_model(cfg: TrainConfig) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
     processor = WhisperProcessor.from_pretrained(cfg.model_name_or_path)
-    processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
     model = WhisperForConditionalGeneration.from_pretrained(
         cfg.model_name_or_path, attn_implementation=cfg.attn_implementation
     )
     configure_model(model, cfg)
+    set_korean_transcription(model, processor)
     return model, processor
 
 
 def configure_model(model: WhisperForConditionalGeneration, cfg: TrainConfig) -> None:
     """Korean transcription, and the training options of `cfg`, for a loaded or freshly built model."""
     model.train()  # from_pretrained returns eval mode, which silently turns off dropout, SpecAugment and checkpointing
-    model.generation_config.language = "ko"
-    model.generation_config.task = "transcribe"
-    model.generation_config.forced_decoder_ids = None
-    model.config.forced_decoder_ids = None
+    set_korean_transcription(model)
     model.config.use_cache = False  # the KV cache only helps generation; in training it holds memory for nothing
     model.config.apply_spec_augment = cfg.apply_spec_augment
     model.config.mask_time_prob = cfg.mask_time_prob
@@ -302,14 +303,13 @@ class Trainer:
         self.cfg, self.accelerator = cfg, accelerator
         self.output_dir = Path(cfg.output_dir)
         self.model, self.processor = load_model(cfg)
-        self.log_mel = LogMelSpectrogram(self.processor.feature_extractor).to(accelerator.device)
-        collator = WhisperCollator(
-            self.processor.feature_extractor,
-            decoder_start_token_id=self.model.config.decoder_start_token_id,
-            audio_mode="waveform" if cfg.log_mel_on_device else "features",
+        self.model_inputs = ModelInputs(self.processor, accelerator.device)
+        self.batcher = speech_batcher(
+            self.processor,
+            self.model.config.decoder_start_token_id,
+            log_mel_on_device=cfg.log_mel_on_device,
             label_bucket=cfg.label_bucket or (16 if cfg.torch_compile else None),
         )
-        self.batcher = SpeechBatcher(self.processor, collator)
         with accelerator.main_process_first():  # rank 0 first: it prepares (map-style) and indexes the archives
             self.splits = load_splits(
                 cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
@@ -360,14 +360,6 @@ class Trainer:
         batches = int(self.accelerator.reduce(batches, reduction="max"))
         per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)  # the last window ends with the epoch
         return math.ceil(per_epoch * self.cfg.num_epochs)
-
-    def model_inputs(self, batch: dict) -> dict:
-        device = self.accelerator.device
-        if "input_audio" in batch:
-            features = self.log_mel(batch["input_audio"].to(device, non_blocking=True))
-        else:
-            features = batch["input_features"].to(device, non_blocking=True)
-        return {"input_features": features, "labels": batch["labels"].to(device, non_blocking=True)}
 
     def describe(self) -> None:
         cfg, acc = self.cfg, self.accelerator
@@ -491,28 +483,29 @@ class Trainer:
         tally.update(loss=0.0, steps=0, samples=0, start=time.perf_counter())
 
     def evaluate_and_log(self, split: str, max_samples: int | None = None) -> dict[str, float]:
-        counter = PassCounter(self.splits[split])
-        metrics, records = evaluate(
+        result = evaluate_split(
             self.accelerator,
             self.model,
-            counter.counted(self.loader(split)),
+            split,
+            self.splits[split],
+            self.loader(split),
             self.processor,
             self.model_inputs,
             num_beams=self.cfg.num_beams,
             max_new_tokens=self.cfg.generation_max_new_tokens,
             max_samples=max_samples,
-            desc=f"eval {split}",
         )
+        metrics = result.metrics
         self.say(
             f"eval {split} @ step {self.step} | cer {metrics['cer']:.4f} | wer {metrics['wer']:.4f} | "
-            f"space_free_cer {metrics['cer_nospace']:.4f} | {metrics['num_scored']} utterances"
+            f"swer {metrics['swer']:.4f} | space_free_cer {metrics['cer_nospace']:.4f} | "
+            f"{metrics['num_scored']} utterances"
         )
         self.accelerator.log({f"{split}/{k}": v for k, v in metrics.items()}, step=self.step)
-        if max_samples is None:  # a whole pass: say what it kept
-            line, counts = counter.line(split, self.accelerator)
-            self.say(line)
-            self.data_counts[split] = dict(counts)
-        return metrics | {"records": records}
+        if result.counts is not None:  # a whole pass: say what it kept
+            self.say(result.kept_line)
+            self.data_counts[split] = dict(result.counts)
+        return metrics | {"records": result.records}
 
     def save_checkpoint(self) -> None:
         loop_state = {
@@ -560,10 +553,11 @@ class Trainer:
                 self.output_dir,
                 hub_model_id=cfg.hub_model_id,
                 base_model=cfg.model_name_or_path,
-                metrics={split: {k: m[k] for k in ("cer", "wer", "cer_nospace")} for split, m in results.items()},
+                metrics={split: {k: m[k] for k in SCORES} for split, m in results.items()},
                 hyperparameters=dataclasses.asdict(cfg),
                 scoring_normalization=SCORING_NORMALIZATION,
                 dataset_config=cfg.dataset_config,
+                split_scheme=cfg.split_scheme,
             )
             if cfg.push_to_hub:
                 self.say(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")

@@ -15,6 +15,12 @@ KsponSpeech transcripts mark the events of spontaneous speech inline:
 `normalize_transcript` keeps one side of each pair, drops the event tags and marks (keeping filler and repeated
 words themselves), keeps `. , ? !`, Latin letters and digits as written, applies NFC and collapses whitespace.
 
+Two annotation slips survive the reference toolkits (Lhotse's output has them too) and are repaired here:
+- a tag letter without its slash or with the slash reversed, `n 예진이가 ...` or `그러면 /u 그`: a lone lower-case
+  `b l o n u` standing as a whole token in Korean text is dropped, unless a Latin word stands next to it (it may
+  then be English, "plan b"); Latin that is meant to be read sits in a `(A)/(에이)` pair, which is left alone;
+- a tag between a word and its punctuation, `하면 안 돼 l/ .`: `. , ? !` are attached to the word before them.
+
 Toolkits differ on the side they keep. ESPnet, SpeechBrain and Lhotse keep the spelling side (mode "spelling",
 the default here), so error rates computed on it are comparable with theirs; kospeech keeps the pronunciation
 side (mode "phonetic"), which is what was actually said but turns every number into Hangul.
@@ -33,6 +39,11 @@ _EVENT_TAG = re.compile(r"(?<![A-Za-z])[blonu]/")
 # A mark glued to the next word separates two words ("어/음/", "그+그거"); anywhere else it just goes.
 _MARK_BEFORE_WORD = re.compile(r"[/+](?=[\w(])")
 _MARK = re.compile(r"[/+*()]")
+# A lone tag letter, its slash missing or on the wrong side ("n", "/u", "/n/"), then a space, a mark or the end.
+_LONE_TAG = re.compile(r"(?<!\S)/?[blonu]/?(?=[\s.,?!]|$)")
+_LATIN_WORD = re.compile(r"[A-Za-z]+[.,?!]*")
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+_LOOSE_PUNCTUATION = re.compile(r"(?<=\S) +(?=[.,?!])")
 
 
 def decode_transcript(data: bytes) -> str | None:
@@ -55,12 +66,27 @@ def normalize_transcript(raw: str, mode: str = "spelling") -> str:
     text = unicodedata.normalize("NFC", raw)
     # Tags go before pairs are resolved: in "(SRT)/(에스알티)n/" the tag is only a tag while ")" precedes it.
     text = _EVENT_TAG.sub(" ", text)
+    text = _drop_lone_tags(text)
     text = _resolve_pairs(text, side)
     text = text.replace("*", "")
     text = _MARK_BEFORE_WORD.sub(" ", text)
     # Whatever is left (a lone "(A)" whose partner is missing, a trailing filler "/") loses only its marks.
     text = _MARK.sub("", text)
-    return unicodedata.normalize("NFC", " ".join(text.split()))
+    text = _LOOSE_PUNCTUATION.sub("", " ".join(text.split()))
+    return unicodedata.normalize("NFC", text)
+
+
+def _drop_lone_tags(text: str) -> str:
+    if not _HANGUL.search(text):
+        return text
+
+    def drop(match: re.Match) -> str:
+        before = text[: match.start()].split()
+        after = text[match.end() :].split()
+        beside_latin = (before and _LATIN_WORD.fullmatch(before[-1])) or (after and _LATIN_WORD.fullmatch(after[0]))
+        return match.group(0) if beside_latin else " "
+
+    return _LONE_TAG.sub(drop, text)
 
 
 def _resolve_pairs(text: str, side: int) -> str:

@@ -33,6 +33,7 @@ from kspon_dataset import KsponSpeech, load_kspon
 from kspon_dataset.corpus import READ_REASONS, SAMPLE_RATE, SKIP_REASONS, Selection, kept_line, read_utterance
 
 from .collator import WhisperCollator
+from .log_mel import LogMelSpectrogram
 
 # The fmt chunk body of 16 kHz mono signed 16-bit PCM: format 1, 1 channel, rate, byte rate, block align, bits.
 _PCM16_MONO_16K_FMT = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, 2 * SAMPLE_RATE, 2, 16)
@@ -180,6 +181,38 @@ class SpeechBatcher:
         batch["num_too_long"] = too_long
         batch["skipped"] = skipped
         return batch
+
+
+def speech_batcher(
+    processor: WhisperProcessor,
+    decoder_start_token_id: int,
+    *,
+    log_mel_on_device: bool,
+    label_bucket: int | None = None,
+) -> SpeechBatcher:
+    """The loaders' batcher: int16 waveforms that `ModelInputs` turns into log-mels on the device, or host features."""
+    collator = WhisperCollator(
+        processor.feature_extractor,
+        decoder_start_token_id=decoder_start_token_id,
+        audio_mode="waveform" if log_mel_on_device else "features",
+        label_bucket=label_bucket,
+    )
+    return SpeechBatcher(processor, collator)
+
+
+class ModelInputs:
+    """A batch's model arguments on `device`: log-mels computed there from its waveforms, or its host features."""
+
+    def __init__(self, processor: WhisperProcessor, device: torch.device):
+        self.device = device
+        self.log_mel = LogMelSpectrogram(processor.feature_extractor).to(device)
+
+    def __call__(self, batch: dict) -> dict:
+        if "input_audio" in batch:
+            features = self.log_mel(batch["input_audio"].to(self.device, non_blocking=True))
+        else:
+            features = batch["input_features"].to(self.device, non_blocking=True)
+        return {"input_features": features, "labels": batch["labels"].to(self.device, non_blocking=True)}
 
 
 def make_dataloader(

@@ -1,9 +1,16 @@
-"""Generate transcripts for a split, score them, and keep every prediction."""
+"""Generate transcripts for a split, score them, and keep every prediction.
+
+The one decoding path of the project: the trainer's evaluations and `eval_whisper.py` both call `evaluate_split`, with
+the generation settings below and the Accelerator's mixed precision (autocast around fp32 weights).
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,7 +20,77 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from tqdm.auto import tqdm
 from transformers import WhisperProcessor
 
-from .metrics import score
+from .data import PassCounter, Split
+from .metrics import loop_reason, score
+
+LANGUAGE, TASK = "ko", "transcribe"
+NUM_BEAMS = 1  # greedy unless asked: beams multiply generation time for a small gain on fine-tuned Whisper
+MAX_NEW_TOKENS = 225  # Whisper's 448 decoder positions, halved; a KsponSpeech utterance needs at most ~150 tokens
+LOOP_EXAMPLES = 3  # runaway hypotheses quoted per split
+
+
+def set_korean_transcription(model: torch.nn.Module, processor: WhisperProcessor | None = None) -> None:
+    """Korean transcription for `generate` and for the labels, whatever language or task the checkpoint was saved
+    with; forced decoder ids (set in older checkpoints such as openai/whisper-large-v2) would override both."""
+    if processor is not None:
+        processor.tokenizer.set_prefix_tokens(language=LANGUAGE, task=TASK, predict_timestamps=False)
+    model.generation_config.language = LANGUAGE
+    model.generation_config.task = TASK
+    model.generation_config.forced_decoder_ids = None
+    model.config.forced_decoder_ids = None
+
+
+@dataclass
+class SplitResult:
+    metrics: dict[str, float]  # `score` output
+    records: list[dict]  # {"id", "reference", "hypothesis"}, sorted by id, from every rank
+    seconds: float  # wall time of generation and gathering
+    counts: Counter | None  # "kept N of M" counts of a whole pass, None when max_samples cut it short
+    kept_line: str | None
+
+
+def evaluate_split(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    name: str,
+    split: Split,
+    batches: Iterable[dict],
+    processor: WhisperProcessor,
+    model_inputs: Callable[[dict], dict],
+    *,
+    num_beams: int = NUM_BEAMS,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    max_samples: int | None = None,
+) -> SplitResult:
+    """`evaluate` one split's loader and count what the pass kept (every rank must call this)."""
+    counter = PassCounter(split)
+    start = time.perf_counter()
+    metrics, records = evaluate(
+        accelerator,
+        model,
+        counter.counted(batches),
+        processor,
+        model_inputs,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        max_samples=max_samples,
+        desc=f"eval {name}",
+    )
+    seconds = time.perf_counter() - start
+    if max_samples is not None:  # a partial pass: its counts say nothing about the split
+        return SplitResult(metrics, records, seconds, None, None)
+    line, counts = counter.line(name, accelerator)
+    return SplitResult(metrics, records, seconds, counts, line)
+
+
+def loop_report(records: list[dict], examples: int = LOOP_EXAMPLES) -> dict:
+    """How many hypotheses look like hallucination or repetition loops (`metrics.loop_reason`), with a few of them."""
+    flagged = [
+        {"id": r["id"], "reason": reason, "reference": r["reference"], "hypothesis": r["hypothesis"]}
+        for r in records
+        if (reason := loop_reason(r["reference"], r["hypothesis"]))
+    ]
+    return {"num_loops": len(flagged), "num_hypotheses": len(records), "examples": flagged[:examples]}
 
 
 @torch.no_grad()
@@ -24,12 +101,12 @@ def evaluate(
     processor: WhisperProcessor,
     model_inputs: Callable[[dict], dict],
     *,
-    num_beams: int,
-    max_new_tokens: int,
+    num_beams: int = NUM_BEAMS,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     max_samples: int | None = None,
     desc: str = "eval",
 ) -> tuple[dict[str, float], list[dict]]:
-    """CER/WER/space-free CER over this split, gathered from every rank, plus (id, reference, hypothesis) rows."""
+    """CER/WER/sWER/space-free CER over this split, gathered from every rank, plus (id, reference, hypothesis) rows."""
     generator = generation_model(accelerator, model)
     was_training = generator.training
     generator.eval()
@@ -41,8 +118,8 @@ def evaluate(
         with accelerator.autocast():
             tokens = generator.generate(
                 **model_inputs(batch),
-                language="ko",
-                task="transcribe",
+                language=LANGUAGE,
+                task=TASK,
                 num_beams=num_beams,
                 max_new_tokens=max_new_tokens,
             )

@@ -48,10 +48,40 @@ REPUSH_COMMAND = "python train_accelerate.py --push_only --output_dir {output_di
 # Metric keys of `metrics[split]`, as `kspon_whisper.metrics.score` returns them, with their display names. Values
 # come in as fractions (0.0785) and the card reports percentages, the convention of Whisper fine-tune cards.
 # `score`'s `num_*` counts may ride along; they are not metrics and stay out of the model-index.
-METRICS = {"cer": "CER", "wer": "WER", "cer_nospace": "Space-free CER"}
+METRICS = {"cer": "CER", "wer": "WER", "swer": "sWER", "cer_nospace": "Space-free CER"}
 COUNT_PREFIX = "num_"
 DATASET_TYPE = "kspon_speech"  # the corpus is not on the Hub (AI Hub only); this names the builder in kspon_dataset/
 DATASET_CONFIGS = ("spelling", "phonetic")
+SPLIT_SCHEMES = ("random", "random_utterance", "official")  # kspon_dataset's split_scheme
+OFFICIAL_EVAL_SPLITS = {"eval_clean": 3000, "eval_other": 3000}  # the official evaluation sets and their sizes
+
+# Published results on eval_clean / eval_other, in percent: (system, {metric: (clean, other)}, how it scores, source).
+PUBLISHED_RESULTS = (
+    (
+        "SpeechBrain Conformer + Transformer LM",
+        {"cer": (7.33, 7.99), "wer": (20.47, 25.18)},
+        "spelling side; `+ * / . ? ! ,` and tags removed; case and `%` kept",
+        "[speechbrain/recipes/KsponSpeech](https://github.com/speechbrain/speechbrain/tree/develop/recipes/KsponSpeech)",
+    ),
+    (
+        "ESPnet1 Conformer-large + LM",
+        {"cer": (7.4, 8.5), "wer": (20.8, 25.5), "swer": (13.2, 15.4)},
+        "spelling side; fillers and repeats kept; punctuation removed; Latin upper-cased; `u/` as `[unk]`",
+        "[espnet/egs/ksponspeech/asr1/RESULTS.md](https://github.com/espnet/espnet/blob/master/egs/ksponspeech/asr1/RESULTS.md)",
+    ),
+    (
+        "icefall Zipformer",
+        {"cer": (10.35, 11.35)},
+        "spelling side via Lhotse; `. , ? !` kept",
+        "[icefall/egs/ksponspeech](https://github.com/k2-fsa/icefall/tree/master/egs/ksponspeech)",
+    ),
+    (
+        "Whisper large-v2, zero-shot",
+        {"cer": (10.83, 10.83)},
+        "the paper's own",
+        "Oh, Kim & Park (2023), Table 4",
+    ),
+)
 
 # What never goes to the model repo: Accelerate training state, temp folders and tracker runs. Weights and the
 # small files the card links to (metrics, predictions, logs) do.
@@ -159,16 +189,20 @@ and transcribed by hand (Bang et al., 2020). It writes the **$dataset_config** t
 
 ## Results
 
-Error rates in **percent** (lower is better) on the KsponSpeech splits below. `eval_clean` and
-`eval_other` are the official evaluation sets; `test` is a held-out part of the training archives.
+Error rates in **percent** (lower is better) on the KsponSpeech splits below. $splits_note
 
 $results_table
 
 - **CER**: character edits (substitutions + deletions + insertions) over reference characters, spaces included.
 - **WER**: the same over space-separated words. Korean spacing is inconsistent even in human transcripts, so WER
   is pessimistic.
+- **sWER**: space-normalised WER, the KsponSpeech paper's word metric: wherever the hypothesis matches the
+  reference once spaces are ignored, it takes the reference's spacing (ESPnet's `get_space_normalized_hyps.py`),
+  then WER is scored.
 - **Space-free CER** (`cer_nospace`): CER after deleting every space from reference and hypothesis, so spacing
-  is not scored; the headline number in the Korean ASR literature.
+  is not scored at all.
+
+$comparison
 
 Scoring normalisation, applied to references and hypotheses alike before scoring: $scoring_normalization
 
@@ -241,14 +275,20 @@ def write_model_card(
     hyperparameters: dict[str, object],
     scoring_normalization: str,
     dataset_config: str = "spelling",
+    split_scheme: str = "random",
 ) -> Path:
     """Write `output_dir/README.md`: Hub metadata (model-index with one result per split and metric) and the card.
 
     `metrics` maps a split (`test`, `eval_clean`, `eval_other`, ...) to `kspon_whisper.metrics.score` output:
-    `cer`, `wer`, `cer_nospace` as fractions (0.0785), shown as percentages rounded to 2 decimals.
+    `cer`, `wer`, `swer`, `cer_nospace` as fractions (0.0785), shown as percentages rounded to 2 decimals.
+    `split_scheme` is the one the run's validation and test splits came from (eval_clean / eval_other are the official
+    evaluation sets in every scheme); with evaluation results on those, the card sets the model beside published
+    systems.
     """
     if dataset_config not in DATASET_CONFIGS:
         raise ValueError(f"dataset_config is {dataset_config!r}; expected one of {', '.join(DATASET_CONFIGS)}")
+    if split_scheme not in SPLIT_SCHEMES:
+        raise ValueError(f"split_scheme is {split_scheme!r}; expected one of {', '.join(SPLIT_SCHEMES)}")
     _check_metrics(metrics)
     output_dir = Path(output_dir)
     model_name = hub_model_id.split("/")[-1] if hub_model_id else output_dir.resolve().name
@@ -268,6 +308,8 @@ def write_model_card(
         base_model=base_model,
         dataset_config=dataset_config,
         results_table=_results_table(metrics),
+        splits_note=_splits_note(metrics, split_scheme),
+        comparison=_comparison(metrics, model_name, dataset_config),
         scoring_normalization=scoring_normalization,
         model_ref=hub_model_id or f"./{model_name}",
         transcript_choice=_TRANSCRIPT_CHOICE[dataset_config],
@@ -343,6 +385,69 @@ def _results_table(metrics: dict[str, dict[str, float]]) -> str:
         for split, values in metrics.items()
     ]
     return _markdown_table(header, rows)
+
+
+def _splits_note(metrics: dict[str, dict[str, float]], split_scheme: str) -> str:
+    notes = []
+    official = [split for split in OFFICIAL_EVAL_SPLITS if split in metrics]
+    if official:
+        notes.append(f"{' and '.join(f'`{s}`' for s in official)}: the official evaluation sets of KsponSpeech.")
+    held_out = [split for split in ("validation", "test") if split in metrics]
+    if held_out and split_scheme == "official":
+        if "validation" in held_out:
+            notes.append("`validation`: the official dev set (`dev.trn`).")
+    elif held_out:
+        how = "by recording folder" if split_scheme == "random" else "by utterance (conversations leak across splits)"
+        notes.append(
+            f"{' and '.join(f'`{s}`' for s in held_out)}: a random 8:1:1 split of the training archives {how}, not "
+            "an official set. **These held-out numbers are not comparable with the literature**; compare "
+            "`eval_clean` / `eval_other`."
+        )
+    return " ".join(notes)
+
+
+def _comparison(metrics: dict[str, dict[str, float]], model_name: str, dataset_config: str) -> str:
+    """This model's row beside the published eval_clean / eval_other results, when the run scored those sets."""
+    if not any(split in metrics for split in OFFICIAL_EVAL_SPLITS):
+        return ""
+    if dataset_config != "spelling":
+        return (
+            "Published KsponSpeech results are scored on the spelling side of the transcripts (`3월`, `SRT`); "
+            "this model writes the pronunciation side (`삼 월`, `에스알티`), so its error rates are **not "
+            "comparable** with them."
+        )
+
+    def pair(values: dict, key: str, fmt: str) -> str:
+        if key not in values:
+            return "–"
+        return " / ".join("–" if v is None else format(v, fmt) for v in values[key])
+
+    ours = {
+        key: tuple(_percent(metrics[s][key]) if key in metrics.get(s, {}) else None for s in OFFICIAL_EVAL_SPLITS)
+        for key in ("cer", "wer", "swer")
+    }
+    rows = [(f"**{model_name} (this model)**", *(pair(ours, k, ".2f") for k in ours), "spelling side; see below", "")]
+    rows += [
+        (name, *(pair(values, k, "g") for k in ours), how, source) for name, values, how, source in PUBLISHED_RESULTS
+    ]
+    header = ("System", "CER", "WER", "sWER", "How it scores", "Source")
+    text = (
+        "### Beside published results\n\nOn `eval_clean` / `eval_other`, in percent. Every system below is scored "
+        "on the spelling side of the transcripts, but each with its own text normalisation, so differences of a few "
+        "tenths are within scoring conventions. This card's normalisation follows ESPnet's.\n\n"
+        + _markdown_table(header, rows)
+    )
+    partial = [
+        f"`{split}` ({metrics[split]['num_scored']:,} utterances scored; the official set has {size:,})"
+        for split, size in OFFICIAL_EVAL_SPLITS.items()
+        if split in metrics and metrics[split].get("num_scored", size) != size
+    ]
+    if partial:
+        text += (
+            f"\n\n**Not the full official sets:** {', '.join(partial)}. This row is not comparable with the "
+            "published ones."
+        )
+    return text
 
 
 def _markdown_table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:

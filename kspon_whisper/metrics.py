@@ -1,47 +1,123 @@
-"""CER, WER and space-free CER scored the way the KsponSpeech literature does.
+"""CER, WER, sWER and space-free CER, scored the way the KsponSpeech literature scores them.
 
-Both sides are normalised the same way before scoring:
-- Unicode NFC, so decomposed Hangul jamo (U+1100 block, as macOS file systems and some editors write it) compare
-  equal to precomposed syllables.
-- Only letters, digits and combining marks (Unicode categories L*, N*, M*; Hangul syllables and jamo are letters),
-  whitespace, and "%" are kept. Punctuation (P*: . , ? ! " … 「」) is deleted as the ESPnet and KoSpeech
-  KsponSpeech recipes do: it is not spoken, and Whisper's punctuation style would otherwise dominate the error.
-  Symbols (S*) and format characters (Cf: zero-width space, BOM) are deleted too; that also removes KsponSpeech's
-  annotation marks (+ * /) should any survive transcript cleaning.
-- "%" is the exception: KsponSpeech's numeric transcripts write "70%" for "칠십 퍼센트", so it stands for a spoken
-  word and deleting it would hide a model that drops that word. (Unicode files it under punctuation, Po.)
-- Whitespace runs collapse to one space and the ends are stripped.
+One normalisation (`normalize_for_scoring`) is applied to references and hypotheses alike, everywhere the project
+scores (the trainer's evaluations, `eval_whisper.py`, the model card). It follows ESPnet's KsponSpeech recipe
+(`egs/ksponspeech/asr1`, by the corpus' authors and the only published recipe that reports all of CER, WER and sWER):
+- Unicode NFC, so decomposed Hangul jamo (as macOS file systems write them) compare equal to precomposed syllables.
+- Latin letters upper-cased (ESPnet upper-cases its transcripts): "ktx", "Ktx" and "KTX" are the same word.
+- Only letters, digits and combining marks (Unicode L*, N*, M*) and whitespace are kept. Every punctuation mark
+  (P*: . , ? ! " … 「」) and symbol (S*), "%" included, is deleted, as ESPnet's `remove_punctuation.pl` deletes
+  `[[:punct:]]`; format characters (zero-width space, BOM) go too. Annotation marks (+ * /) and event tags are
+  already gone from references (`kspon_dataset.normalize`); ESPnet maps `u/` to `[unk]` and then filters it out of
+  both sides as a non-linguistic symbol, which is the same as dropping it.
+- Whitespace runs collapse to one space, ends stripped.
 
-`cer_nospace` deletes every space before the character edit distance. Korean spacing (띄어쓰기) is inconsistent
-even in the reference transcripts, so this is the headline number in the Korean ASR literature.
+Where the reference toolkits differ, the headline follows ESPnet. SpeechBrain's recipe deletes only `+ * / . ? ! ,`
+and keeps case and "%": on KsponSpeech references the two agree except on lines with "%" or lower-case Latin (a
+few in a thousand). ESPnet's scoring also keeps the apostrophe; here it goes with the rest of the punctuation, since
+in KsponSpeech it only appears in the odd English contraction while Whisper writes it as a Korean quotation mark.
+
+Metrics (corpus-level: edits summed over the split, over reference units summed over the split):
+- `cer`: character edits, spaces counted as characters (ESPnet's CER on `<space>`-separated characters).
+- `wer`: word edits, words split at spaces. Korean spacing (띄어쓰기) is free enough that this mostly counts spacing.
+- `swer`: space-normalised WER, the KsponSpeech paper's word metric, as ESPnet's `get_space_normalized_hyps.py`
+  defines it (see `space_normalized_hypothesis`).
+- `cer_nospace`: CER after deleting every space; spacing is not scored at all.
 
 `evaluate.load("cer")` is deliberately not used: it fetches the metric script from the Hub and fails offline.
 """
 
 import math
+import re
 import unicodedata
 
 import jiwer
 
 SCORING_NORMALIZATION = (
-    "Both reference and hypothesis: Unicode NFC; punctuation and symbols removed (letters, digits and % kept); "
-    "whitespace collapsed. CER and WER are corpus-level (jiwer); space-free CER also deletes every space."
+    "Both reference and hypothesis: Unicode NFC; Latin letters upper-cased; every punctuation mark and symbol "
+    "removed (% included), so only letters, digits and spaces remain; whitespace collapsed (ESPnet's KsponSpeech "
+    "scoring). CER, WER and sWER are corpus-level; sWER copies the reference's spacing onto every hypothesis span "
+    "that matches it once spaces are ignored (ESPnet's get_space_normalized_hyps.py), then scores WER; space-free "
+    "CER deletes every space."
 )
 
+SCORES = ("cer", "wer", "swer", "cer_nospace")  # the error rates `score` returns, in the order tables show them
 _KEPT_CATEGORY_PREFIXES = ("L", "N", "M")  # letters, numbers, combining marks
-_SPOKEN_PUNCTUATION = frozenset("%")
+# Whisper's runaway decodes repeat a unit of a syllable to a few words over and over ("감사합니다" x 40). Five runs
+# of the same 1-10 characters, spaces ignored: speech does say "네 네 네 네" (four), rarely five.
+_REPEATED_RUN = re.compile(r"(.{1,10}?)\1{4,}")
+LOOP_LENGTH_RATIO = 2.0  # a hypothesis over twice its reference's length (spaces ignored) is suspect
 
 
 def normalize_for_scoring(text: str) -> str:
-    """NFC, keep letters, digits, spaces and "%", collapse whitespace; see the module docstring for why."""
-    text = unicodedata.normalize("NFC", text)
+    """NFC, upper case, keep letters, digits and spaces, collapse whitespace; see the module docstring for why."""
+    text = unicodedata.normalize("NFC", text).upper()
     return " ".join("".join(char for char in text if _is_scored(char)).split())
 
 
 def _is_scored(char: str) -> bool:
-    return (
-        char.isspace() or char in _SPOKEN_PUNCTUATION or unicodedata.category(char).startswith(_KEPT_CATEGORY_PREFIXES)
-    )
+    return char.isspace() or unicodedata.category(char).startswith(_KEPT_CATEGORY_PREFIXES)
+
+
+def space_normalized_hypothesis(reference: str, hypothesis: str) -> str:
+    """The hypothesis re-spaced after the reference wherever the two agree character for character.
+
+    Both texts become sequences of characters, each carrying whether a space precedes it. A Levenshtein alignment
+    in which two characters match when they are the same letter, whatever their spaces, pairs them up; every matched
+    hypothesis character then takes the reference character's space. Unmatched characters keep their own. Ties are
+    broken as in ESPnet's script (itself after Kaldi's align-text), tracing back from the end: a match or
+    substitution when it is as cheap as anything else, else an insertion when strictly cheaper than a deletion, else
+    a deletion. Both inputs must already be normalised (single spaces, no leading or trailing space).
+    """
+    ref, hyp = _spaced_characters(reference), _spaced_characters(hypothesis)
+    # cost[h][r]: edits aligning the first h hypothesis characters with the first r reference characters.
+    cost = [list(range(len(ref) + 1))]
+    for h in range(1, len(hyp) + 1):
+        row = [h]
+        for r in range(1, len(ref) + 1):
+            row.append(min(cost[h - 1][r - 1] + (hyp[h - 1][1] != ref[r - 1][1]), cost[h - 1][r] + 1, row[r - 1] + 1))
+        cost.append(row)
+    out: list[tuple[bool, str]] = []
+    h, r = len(hyp), len(ref)
+    while h > 0 or r > 0:
+        if h == 0:
+            r -= 1  # a reference character the hypothesis lacks
+            continue
+        if r > 0:
+            pair = cost[h - 1][r - 1] + (hyp[h - 1][1] != ref[r - 1][1])
+            insertion, deletion = cost[h - 1][r] + 1, cost[h][r - 1] + 1
+            if pair <= min(insertion, deletion):
+                same = hyp[h - 1][1] == ref[r - 1][1]
+                out.append(ref[r - 1] if same else hyp[h - 1])
+                h, r = h - 1, r - 1
+                continue
+            if insertion >= deletion:
+                r -= 1
+                continue
+        out.append(hyp[h - 1])  # a hypothesis character with no reference partner
+        h -= 1
+    return "".join((" " if spaced else "") + char for spaced, char in reversed(out)).strip()
+
+
+def _spaced_characters(text: str) -> list[tuple[bool, str]]:
+    """(a space precedes it, character) for every non-space character; the first one counts as spaced."""
+    return [(i == 0, char) for word in text.split() for i, char in enumerate(word)]
+
+
+def loop_reason(reference: str, hypothesis: str) -> str | None:
+    """Why `hypothesis` looks like a hallucination or repetition loop, or None when it does not.
+
+    Two signs, on the normalised texts with spaces deleted: the hypothesis is over `LOOP_LENGTH_RATIO` times as long
+    as the reference, or it holds a unit of 1-10 characters repeated 5 times in a row that the reference lacks.
+    """
+    ref = normalize_for_scoring(reference).replace(" ", "")
+    hyp = normalize_for_scoring(hypothesis).replace(" ", "")
+    if ref and len(hyp) > LOOP_LENGTH_RATIO * len(ref):
+        return f"{len(hyp)} characters for a reference of {len(ref)}"
+    run = _REPEATED_RUN.search(hyp)
+    if run and run.group(0) not in ref:
+        return f"{run.group(1)!r} repeated {len(run.group(0)) // len(run.group(1))} times"
+    return None
 
 
 def score(references: list[str], hypotheses: list[str]) -> dict[str, float]:
@@ -65,12 +141,14 @@ def score(references: list[str], hypotheses: list[str]) -> dict[str, float]:
         "num_empty_refs": len(pairs) - len(scored),
     }
     if not scored:
-        return {"cer": math.nan, "wer": math.nan, "cer_nospace": math.nan, **counts}
+        return {"cer": math.nan, "wer": math.nan, "swer": math.nan, "cer_nospace": math.nan, **counts}
     refs = [ref for ref, _ in scored]
     hyps = [hyp for _, hyp in scored]
+    respaced = [space_normalized_hypothesis(ref, hyp) for ref, hyp in scored]
     return {
         "cer": jiwer.cer(reference=refs, hypothesis=hyps),
         "wer": jiwer.wer(reference=refs, hypothesis=hyps),
+        "swer": jiwer.wer(reference=refs, hypothesis=respaced),
         "cer_nospace": jiwer.cer(reference=_without_spaces(refs), hypothesis=_without_spaces(hyps)),
         **counts,
     }

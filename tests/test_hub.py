@@ -417,11 +417,18 @@ def test_missing_token_through_the_real_client(hub_stub, monkeypatch):
 
 # As kspon_whisper.metrics.score returns them: fractions, plus counts that are not metrics.
 METRICS = {
-    "test": {"cer": 0.0785, "wer": 0.2231, "cer_nospace": 0.0612, "num_samples": 3000, "num_scored": 2998},
-    "eval_clean": {"cer": 0.0911, "wer": 0.2547, "cer_nospace": 0.0733, "num_samples": 3000},
-    "eval_other": {"cer": 0.1002, "wer": 0.2894, "cer_nospace": 0.0821, "num_samples": 3000},
+    "test": {
+        "cer": 0.0785,
+        "wer": 0.2231,
+        "swer": 0.1391,
+        "cer_nospace": 0.0612,
+        "num_samples": 3000,
+        "num_scored": 2998,
+    },
+    "eval_clean": {"cer": 0.0911, "wer": 0.2547, "swer": 0.1533, "cer_nospace": 0.0733, "num_samples": 3000},
+    "eval_other": {"cer": 0.1002, "wer": 0.2894, "swer": 0.1702, "cer_nospace": 0.0821, "num_samples": 3000},
 }
-METRIC_KEYS = ("cer", "wer", "cer_nospace")
+METRIC_KEYS = ("cer", "wer", "swer", "cer_nospace")
 
 
 def _write_card(output_dir: Path, metrics=METRICS, **overrides) -> Path:
@@ -470,7 +477,7 @@ def test_model_card_metadata_round_trips(tmp_path):
 
 def test_model_card_body_documents_the_run(tmp_path):
     text = _write_card(tmp_path, dataset_config="phonetic").read_text(encoding="utf-8")
-    assert "| test | 7.85 | 22.31 | 6.12 |" in text
+    assert "| test | 7.85 | 22.31 | 13.91 | 6.12 |" in text
     assert "NFKC; punctuation removed; runs of spaces collapsed" in text
     assert 'pipeline("automatic-speech-recognition", model="me/whisper-small-kspon")' in text
     assert '"language": "ko"' in text
@@ -503,3 +510,47 @@ def test_model_card_takes_score_output_as_is(tmp_path):
     metrics = {"eval_clean": score(["안녕 하세요", "감사 합니다"], ["안녕하세요", "감사 합니다"])}
     card = ModelCard.load(_write_card(tmp_path, metrics=metrics))
     assert {r.metric_type for r in card.data.eval_results} == set(METRIC_KEYS)
+
+
+# --- the card places the model among published results ----------------------------------------------------------
+
+OURS_ROW = "| **whisper-small-kspon (this model)** | 9.11 / 10.02 | 25.47 / 28.94 | 15.33 / 17.02 |"
+ESPNET_ROW = "| ESPnet1 Conformer-large + LM | 7.4 / 8.5 | 20.8 / 25.5 | 13.2 / 15.4 |"
+NOT_COMPARABLE = "These held-out numbers are not comparable with the literature"
+
+
+def test_card_sets_official_eval_results_beside_published_rows(tmp_path):
+    text = _write_card(tmp_path, split_scheme="official").read_text(encoding="utf-8")
+    assert OURS_ROW in text
+    assert ESPNET_ROW in text
+    assert "| SpeechBrain Conformer + Transformer LM | 7.33 / 7.99 | 20.47 / 25.18 | – |" in text
+    assert "| icefall Zipformer | 10.35 / 11.35 | – | – |" in text
+    assert "Oh, Kim & Park (2023), Table 4" in text and "speechbrain/tree/develop/recipes/KsponSpeech" in text
+    assert text.index("### Beside published results") > text.index("| eval_other | 10.02 |")
+    assert NOT_COMPARABLE not in text and "Not the full official sets" not in text
+    card = ModelCard.load(tmp_path / "README.md")
+    splits = {r.dataset_split for r in card.data.eval_results}
+    assert {"eval_clean", "eval_other"} <= splits
+    assert {(r.dataset_split, r.metric_value) for r in card.data.eval_results if r.metric_type == "swer"} >= {
+        ("eval_clean", 15.33),
+        ("eval_other", 17.02),
+    }
+
+
+def test_card_says_a_random_split_is_not_comparable(tmp_path):
+    text = _write_card(tmp_path).read_text(encoding="utf-8")  # split_scheme defaults to the random 8:1:1 split
+    assert NOT_COMPARABLE in text and "random 8:1:1 split of the training archives by recording folder" in text
+    assert OURS_ROW in text  # eval_clean / eval_other are the official sets in every scheme
+    only_held_out = {"test": METRICS["test"]}
+    text = _write_card(tmp_path, metrics=only_held_out).read_text(encoding="utf-8")
+    assert NOT_COMPARABLE in text and "Beside published results" not in text and ESPNET_ROW not in text
+
+
+def test_card_flags_partial_eval_sets_and_the_phonetic_side(tmp_path):
+    partial = METRICS | {"eval_clean": METRICS["eval_clean"] | {"num_scored": 15}}
+    text = _write_card(tmp_path, metrics=partial).read_text(encoding="utf-8")
+    assert "Not the full official sets:** `eval_clean` (15 utterances scored; the official set has 3,000)" in text
+    text = _write_card(tmp_path, dataset_config="phonetic").read_text(encoding="utf-8")
+    assert "**not comparable** with them" in text and ESPNET_ROW not in text
+    with pytest.raises(ValueError, match="random, random_utterance, official"):
+        _write_card(tmp_path, split_scheme="8:1:1")

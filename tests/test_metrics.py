@@ -1,11 +1,12 @@
-"""Scoring: normalisation, hand-counted CER/WER on Korean, space-free CER, empty references."""
+"""Scoring: normalisation, hand-counted CER/WER/sWER on Korean, space-free CER, empty references, loop detection."""
 
 import math
+import random
 import unicodedata
 
 import pytest
 
-from kspon_whisper.metrics import normalize_for_scoring, score
+from kspon_whisper.metrics import loop_reason, normalize_for_scoring, score, space_normalized_hypothesis
 
 
 @pytest.mark.parametrize(
@@ -16,7 +17,11 @@ from kspon_whisper.metrics import normalize_for_scoring, score
         ('그래서 "진짜"라고... 했어.', "그래서 진짜라고 했어"),
         ("「그렇죠」。 네・네", "그렇죠 네네"),  # CJK brackets, full stop and middle dot are punctuation too
         ("  아니   그게\t아니라\n ", "아니 그게 아니라"),
-        ("(70%) 확률이라니", "70% 확률이라니"),  # "%" is read aloud ("퍼센트"), so it stays
+        ("(70%) 확률이라니", "70 확률이라니"),  # "%" goes too, as ESPnet's [[:punct:]] takes it
+        ("ktx 말고 Srt 탈래", "KTX 말고 SRT 탈래"),  # Latin case is not scored
+        ("iPhone 샀어", "IPHONE 샀어"),
+        ("I'm 파인 땡큐", "IM 파인 땡큐"),
+        ("50+50=100 & 3<4", "5050100 34"),  # symbols (S*) go as well
         ("아/ 모+ 몬 소리야*", "아 모 몬 소리야"),  # KsponSpeech annotation marks that escaped cleaning
         ("₩5,000~6,000", "50006000"),
         ("제로\u200b폭 공백\ufeff", "제로폭 공백"),  # zero-width space and BOM are format characters
@@ -96,3 +101,138 @@ def test_all_empty_references_give_nan_not_zero():
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
         score(["가", "나"], ["가"])
+
+
+# sWER: ESPnet's get_space_normalized_hyps.py, then WER.
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis", "respaced", "swer"),
+    [
+        # Spacing alone: every character matches, so the hypothesis takes the reference's spaces.
+        ("나는 학교에 간다", "나는학교에 간 다", "나는 학교에 간다", 0.0),
+        ("학교에 간다", "학 교 에 간 다", "학교에 간다", 0.0),
+        # A real substitution still counts (its character keeps its own space), the spacing around it is forgiven.
+        ("나는 학교에 간다", "나는학교에 갔다", "나는 학교에 갔다", 1 / 3),
+        ("나는 학교에 간다", "너는학교에갔다", "너는 학교에갔다", 1.0),  # 너는, 학교에갔다 for 3 words: 2 sub + 1 del
+        # Insertions and deletions at either end.
+        ("학교에 간다", "어 학교에간다", "어 학교에 간다", 1 / 2),
+        ("네 알겠습니다", "네알겠습니다 감사", "네 알겠습니다 감사", 1 / 2),
+        ("학교에 간다 진짜", "학교에간다", "학교에 간다", 1 / 3),
+        ("아 그래 맞아", "그래맞아", "그래 맞아", 1 / 3),
+        ("아 그래 맞아", "", "", 1.0),
+    ],
+)
+def test_swer_on_hand_worked_pairs(reference, hypothesis, respaced, swer):
+    assert space_normalized_hypothesis(reference, hypothesis) == respaced
+    result = score([reference], [hypothesis])
+    assert result["swer"] == pytest.approx(swer)
+
+
+def test_swer_forgives_spacing_that_wer_counts():
+    result = score(["그래서 어제 뭐 했어?"], ["그래서어제 뭐했어"])
+    assert result["swer"] == 0.0 and result["cer_nospace"] == 0.0
+    assert result["wer"] == pytest.approx(1.0)  # 그래서어제 / 뭐했어 against four words: 2 substitutions + 2 deletions
+
+
+def _espnet_tokens(text: str) -> list[str]:
+    # The definition: the text with its spaces turned into "▁", then one token per character, "▁" glued to the next.
+    marked = "▁" + text.replace(" ", "▁")
+    tokens: list[str] = []
+    for char in marked:
+        if tokens and tokens[-1] == "▁":
+            tokens[-1] += char
+        else:
+            tokens.append(char)
+    return tokens
+
+
+def _respaced_by_definition(reference: str, hypothesis: str) -> str:
+    ref, hyp = _espnet_tokens(reference) if reference else [], _espnet_tokens(hypothesis) if hypothesis else []
+
+    def sub(a: str, b: str) -> int:
+        return int(a.replace("▁", "") != b.replace("▁", ""))
+
+    table = {(0, r): r for r in range(len(ref) + 1)}
+    for h in range(1, len(hyp) + 1):
+        table[h, 0] = h
+        for r in range(1, len(ref) + 1):
+            table[h, r] = min(
+                table[h - 1, r - 1] + sub(hyp[h - 1], ref[r - 1]), table[h - 1, r] + 1, table[h, r - 1] + 1
+            )
+    h, r, kept = len(hyp), len(ref), []
+    while (h, r) != (0, 0):
+        options = {"pair": math.inf, "ins": math.inf, "del": math.inf}
+        if h and r:
+            options["pair"] = table[h - 1, r - 1] + sub(hyp[h - 1], ref[r - 1])
+        if h:
+            options["ins"] = table[h - 1, r] + 1
+        if r:
+            options["del"] = table[h, r - 1] + 1
+        if options["pair"] <= min(options["ins"], options["del"]):
+            kept.append(ref[r - 1] if not sub(hyp[h - 1], ref[r - 1]) else hyp[h - 1])
+            h, r = h - 1, r - 1
+        elif options["ins"] < options["del"]:
+            kept.append(hyp[h - 1])
+            h -= 1
+        else:
+            r -= 1
+    return "".join(reversed(kept)).replace("▁", " ").strip()
+
+
+def _word_edits(reference: list[str], hypothesis: list[str]) -> int:
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref_word in enumerate(reference, 1):
+        current = [i]
+        for j, hyp_word in enumerate(hypothesis, 1):
+            current.append(min(previous[j - 1] + (ref_word != hyp_word), previous[j] + 1, current[j - 1] + 1))
+        previous = current
+    return previous[-1]
+
+
+def test_swer_matches_a_second_implementation_on_random_pairs():
+    rng = random.Random(0)
+    # Few distinct syllables, so equal-cost alignments (where the tie-breaking decides the spacing) are common.
+    syllables = "가나다라"
+
+    def sentence() -> str:
+        chars = [rng.choice(syllables) for _ in range(rng.randint(0, 12))]
+        return " ".join("".join(chars[i : i + k]) for i, k in _chunks(len(chars), rng)).strip()
+
+    references, hypotheses, edits, words = [], [], 0, 0
+    for _ in range(400):
+        reference, hypothesis = sentence() or "가", sentence()
+        expected = _respaced_by_definition(reference, hypothesis)
+        assert space_normalized_hypothesis(reference, hypothesis) == expected, (reference, hypothesis)
+        references.append(reference)
+        hypotheses.append(hypothesis)
+        edits += _word_edits(reference.split(), expected.split())
+        words += len(reference.split())
+    assert score(references, hypotheses)["swer"] == pytest.approx(edits / words)
+
+
+def _chunks(n: int, rng: random.Random):
+    i = 0
+    while i < n:
+        k = rng.randint(1, 4)
+        yield i, k
+        i += k
+
+
+# Hallucination and repetition loops
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis", "flagged"),
+    [
+        ("아 진짜", "아 진짜 아 진짜 그래서 그래서 어떻게 됐냐면", True),  # over twice the length
+        ("감사합니다 여러분", "감사합니다 감사합니다 감사합니다 감사합니다 감사합니다", True),
+        ("그게 뭐였더라 기억이 안 나", "그 그 그 그 그 그게 뭐였더라 기억이 안 나", True),  # a run, not too long
+        ("네 네 알겠어요", "네 네 네 네 알겠어요", False),  # four in a row is speech, even where the reference has two
+        ("하하하하하 웃겨 진짜", "하하하하하 웃겨 진짜", False),  # the reference has the same run
+        ("나는 학교에 간다", "나는 학교에 갔다", False),
+        ("나는 학교에 간다", "", False),
+    ],
+)
+def test_loop_reason(reference, hypothesis, flagged):
+    assert (loop_reason(reference, hypothesis) is not None) == flagged

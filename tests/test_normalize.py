@@ -103,12 +103,46 @@ CASES = [
     ("그러니까+ (그런데)/(근데) 왜 안 왔어?", "그러니까 그런데 왜 안 왔어?", "그러니까 근데 왜 안 왔어?"),
     ("근데 어/ 막/ (10)/(열) 명 넘게 왔어", "근데 어 막 10 명 넘게 왔어", "근데 어 막 열 명 넘게 왔어"),
 ]
+# Annotation slips that Lhotse's normaliser lets through: a tag letter without its slash or with the slash reversed,
+# and a tag between a word and its punctuation, which left the mark loose.
+SLIPS = [
+    (
+        "n 예진이가 여기 면접 보러 와 봤었거든? n/",
+        "예진이가 여기 면접 보러 와 봤었거든?",
+        "예진이가 여기 면접 보러 와 봤었거든?",
+    ),
+    ("생각하고 그러면 /u 그 상대 반대쪽은", "생각하고 그러면 그 상대 반대쪽은", "생각하고 그러면 그 상대 반대쪽은"),
+    ("하면 안 돼 l/ .", "하면 안 돼.", "하면 안 돼."),
+    ("안 먹을래 b/.", "안 먹을래.", "안 먹을래."),
+    ("아이/ 내일 털어줬어 l/.", "아이 내일 털어줬어.", "아이 내일 털어줬어."),
+    ("그래서 o 걔가 뭐래?", "그래서 걔가 뭐래?", "그래서 걔가 뭐래?"),
+    ("진짜? b", "진짜?", "진짜?"),
+    ("그래 /n/ 알았어", "그래 알았어", "그래 알았어"),
+    ("음/ l 웃기지 마 l", "음 웃기지 마", "음 웃기지 마"),
+    ("(3)/(세) 시에 보자 u/ ,", "3 시에 보자,", "세 시에 보자,"),
+    ("밥 먹었어 n/ ? 아니 b/ !", "밥 먹었어? 아니!", "밥 먹었어? 아니!"),
+    ("그렇지 . 그러니까 , 내 말은", "그렇지. 그러니까, 내 말은", "그렇지. 그러니까, 내 말은"),
+    ("/b 어/ 그게", "어 그게", "어 그게"),
+    # Where the letter can be a word, it stays: upper case, beside a Latin word, inside a pair, or not in Korean text.
+    ("B 형 간염 검사 받았어", "B 형 간염 검사 받았어", "B 형 간염 검사 받았어"),
+    ("플랜 plan b 있어?", "플랜 plan b 있어?", "플랜 plan b 있어?"),
+    ("(o)/(오) (x)/(엑스) 퀴즈 알아?", "o x 퀴즈 알아?", "오 엑스 퀴즈 알아?"),
+    ("so/ u know 그거", "so u know 그거", "so u know 그거"),
+    ("plan b", "plan b", "plan b"),
+    ("o !", "o!", "o!"),
+]
 EMPTY = ["b/ n/", "o/ u/", "u/", "l/ l/ l/", "*", "", "   ", "b/ * n/", "()/()", "b/n/", "\r\n"]
 
 
 @pytest.mark.parametrize(("raw", "spelling", "phonetic"), CASES)
 def test_normalize_real_style_lines(raw: str, spelling: str, phonetic: str) -> None:
     assert normalize_transcript(raw) == spelling
+    assert normalize_transcript(raw, "spelling") == spelling
+    assert normalize_transcript(raw, "phonetic") == phonetic
+
+
+@pytest.mark.parametrize(("raw", "spelling", "phonetic"), SLIPS)
+def test_annotation_slips_are_repaired(raw: str, spelling: str, phonetic: str) -> None:
     assert normalize_transcript(raw, "spelling") == spelling
     assert normalize_transcript(raw, "phonetic") == phonetic
 

@@ -71,7 +71,10 @@ def test_smoke_run_logs_one_greppable_line_per_log_step(smoke_run):
     assert float(lines[0]["lr"]) > 0  # 1e-3 from the YAML arrived as a number
     printed = smoke_run["stdout"].splitlines()
     assert any(
-        re.fullmatch(r"eval validation @ step 2 \| cer [\d.]+ \| wer .* \| 2 utterances", line) for line in printed
+        re.fullmatch(
+            r"eval validation @ step 2 \| cer [\d.]+ \| wer [\d.]+ \| swer [\d.]+ \| .* \| 2 utterances", line
+        )
+        for line in printed
     )
     derived = "effective batch 4 = 4 per device x 1 accumulation x 1 processes | 4 optimizer steps = 16 samples"
     assert any(line.startswith(derived) for line in printed)
@@ -98,7 +101,7 @@ def test_smoke_run_writes_metrics_predictions_and_card(smoke_run):
         assert counts[split]["kept"] == metrics[split]["num_samples"]
         assert counts[split]["seen"] == sum(n for reason, n in counts[split].items() if reason != "seen")
         assert f"{split}: kept {counts[split]['kept']} of {counts[split]['seen']} utterances" in smoke_run["stdout"]
-        assert all(math.isfinite(metrics[split][key]) for key in ("cer", "wer", "cer_nospace")), split
+        assert all(math.isfinite(metrics[split][key]) for key in ("cer", "wer", "swer", "cer_nospace")), split
         rows = [json.loads(line) for line in (out / f"predictions_{split}.jsonl").read_text().splitlines()]
         assert len(rows) == metrics[split]["num_samples"] > 0
         assert all(set(row) == {"id", "reference", "hypothesis"} and row["reference"] for row in rows)

@@ -1,0 +1,191 @@
+"""Score any Whisper on KsponSpeech: CER, WER, sWER and space-free CER on the official evaluation sets.
+
+    accelerate launch eval_whisper.py --model openai/whisper-large-v3 --data_dir /data/KsponSpeech \\
+        --output_dir runs/eval-large-v3 --per_device_batch_size 32
+
+    accelerate launch --config_file configs/ddp_8gpu.yaml eval_whisper.py --model me/whisper-large-v3-ko ...
+    python eval_whisper.py --model models/whisper-base --data_dir kspon_dataset/sample   # CPU, the sample corpus
+
+`--data_dir` needs only KsponSpeech_eval.zip for the default splits (eval_clean, eval_other). Decoding is the
+trainer's final evaluation exactly (`kspon_whisper.evaluation.evaluate_split`: Korean transcription, greedy unless
+`--num_beams`, at most 225 new tokens, batched generation, autocast over fp32 weights), in bf16 on a GPU, in fp32 on
+the CPU. Any number of processes gives the same predictions and metrics. Writes to `--output_dir`:
+`predictions_<split>.jsonl` (id, reference, hypothesis), `metrics.json` and `results.md` (the table it prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from kspon_whisper.data import ModelInputs, load_splits, make_dataloader, speech_batcher
+from kspon_whisper.evaluation import (
+    MAX_NEW_TOKENS,
+    NUM_BEAMS,
+    evaluate_split,
+    loop_report,
+    set_korean_transcription,
+    write_predictions,
+)
+from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
+
+DEFAULT_SPLITS = ("eval_clean", "eval_other")
+SCORE_NAMES = {"cer": "CER", "wer": "WER", "swer": "sWER", "cer_nospace": "space-free CER"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="Hub id or local folder of a Whisper checkpoint")
+    parser.add_argument("--data_dir", required=True, help="folder holding KsponSpeech_eval.zip (and the others)")
+    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="splits to score, in this order")
+    parser.add_argument("--output_dir", default="runs/eval", help="where predictions, metrics and the table go")
+    parser.add_argument("--num_beams", type=int, default=NUM_BEAMS, help="beam size (1: greedy)")
+    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="cap on tokens per utterance")
+    parser.add_argument("--per_device_batch_size", type=int, default=16, help="utterances per generate call")
+    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader workers per process")
+    parser.add_argument("--dataset_config", default="spelling", choices=("spelling", "phonetic"))
+    parser.add_argument(
+        "--split_scheme",
+        default="random",
+        choices=("random", "random_utterance", "official"),
+        help="where validation/test come from; eval_clean and eval_other are the official sets in every scheme",
+    )
+    parser.add_argument(
+        "--max_samples",
+        type=int,
+        default=None,
+        help="score only this many utterances per split (rounded up to a multiple of the process count), for a "
+        "quick look; the full sets are what compare with published numbers",
+    )
+    parser.add_argument("--attn_implementation", default="sdpa", help='"sdpa", "eager" or "flash_attention_2"')
+    parser.add_argument(
+        "--mixed_precision",
+        default=None,
+        choices=("no", "bf16", "fp16"),
+        help="autocast over fp32 weights, as the trainer evaluates; default bf16 on a GPU, none on the CPU",
+    )
+    args = parser.parse_args(argv)
+    for name in ("num_beams", "max_new_tokens", "per_device_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    # bf16 autocast on a GPU, as the trainer runs (accelerate_config.yaml); --mixed_precision overrides the launcher.
+    accelerator = Accelerator(mixed_precision=args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no"))
+    processor = WhisperProcessor.from_pretrained(args.model)
+    model = WhisperForConditionalGeneration.from_pretrained(args.model, attn_implementation=args.attn_implementation)
+    set_korean_transcription(model, processor)
+    model.to(accelerator.device)
+    with accelerator.main_process_first():  # rank 0 indexes the archives first; the others map its cache
+        splits = load_splits(args.data_dir, config=args.dataset_config, split_scheme=args.split_scheme, streaming=True)
+    missing = [split for split in args.splits if split not in splits]
+    if missing:
+        raise ValueError(
+            f"--splits {' '.join(missing)}: not in {args.data_dir}, which provides {', '.join(sorted(splits))}. "
+            "eval_clean and eval_other need KsponSpeech_eval.zip; validation and test need KsponSpeech_01..05.zip."
+        )
+    batcher = speech_batcher(processor, model.config.decoder_start_token_id, log_mel_on_device=True)
+    model_inputs = ModelInputs(processor, accelerator.device)
+    output_dir = Path(args.output_dir)
+
+    def say(message: str) -> None:
+        if accelerator.is_main_process:
+            tqdm.write(message)  # above the progress bar, not glued to it
+
+    say(
+        f"{args.model}: {', '.join(args.splits)} | {accelerator.num_processes} process(es) on "
+        f"{accelerator.device.type} | mixed precision {accelerator.mixed_precision} | num_beams {args.num_beams} | "
+        f"max_new_tokens {args.max_new_tokens} | batch {args.per_device_batch_size} per process"
+    )
+    results = {}
+    for name in args.splits:
+        loader = make_dataloader(
+            splits[name],
+            batcher,
+            batch_size=args.per_device_batch_size,
+            num_workers=args.num_workers,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            seed=0,
+            shuffle=False,
+        )
+        result = evaluate_split(
+            accelerator,
+            model,
+            name,
+            splits[name],
+            loader,
+            processor,
+            model_inputs,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            max_samples=args.max_samples,
+        )
+        loops = loop_report(result.records)
+        speed = len(result.records) / result.seconds
+        results[name] = result.metrics | {"utterances_per_s": speed, "loops": loops}
+        if result.counts is not None:
+            results[name]["data"] = dict(result.counts)
+        say(_split_summary(name, result.metrics, speed, loops, result.kept_line))
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_predictions(output_dir / f"predictions_{name}.jsonl", result.records)
+    table = results_table(results)
+    if accelerator.is_main_process:
+        settings = {
+            "model": args.model,
+            "num_beams": args.num_beams,
+            "max_new_tokens": args.max_new_tokens,
+            "mixed_precision": accelerator.mixed_precision,
+            "num_processes": accelerator.num_processes,
+            "max_samples": args.max_samples,
+            "scoring_normalization": SCORING_NORMALIZATION,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        (output_dir / "metrics.json").write_text(json.dumps(results | {"settings": settings}, indent=2))
+        (output_dir / "results.md").write_text(table + "\n")
+    say(f"\n{table}\n\nwrote {output_dir}/metrics.json, results.md and predictions_<split>.jsonl")
+    accelerator.wait_for_everyone()  # gloo: let the last gather's thread finish before the group is torn down
+    accelerator.end_training()
+    return results
+
+
+def _split_summary(name: str, metrics: dict, speed: float, loops: dict, kept_line: str | None) -> str:
+    scores = " | ".join(f"{key} {metrics[key]:.4f}" for key in SCORES)
+    lines = [f"eval {name} | {scores} | {metrics['num_scored']} utterances | {speed:.2f} utterances/s"]
+    if kept_line:
+        lines.append(kept_line)
+    lines.append(
+        f"{name}: {loops['num_loops']} of {loops['num_hypotheses']} hypotheses look like hallucination or "
+        "repetition loops"
+    )
+    for example in loops["examples"]:
+        lines.append(f"  {example['id']} ({example['reason']}): {example['hypothesis'][:120]!r}")
+    return "\n".join(lines)
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """The Markdown table: error rates in percent per split, with the utterance and loop counts."""
+    header = ["Split", "Utterances", *(f"{SCORE_NAMES[key]} (%)" for key in SCORES), "Loops"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, values in results.items():
+        cells = [name, str(values["num_scored"]), *(f"{100 * values[key]:.2f}" for key in SCORES)]
+        lines.append("| " + " | ".join([*cells, str(values["loops"]["num_loops"])]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
