@@ -596,14 +596,11 @@ def run_phase(phase: str, spec: dict, env: dict[str, str], python: str = sys.exe
 
 
 def phase_env(workdir: Path) -> dict[str, str]:
-    return os.environ | {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_DATASETS_CACHE": str(workdir / "hf" / "datasets"),
-        "HF_MODULES_CACHE": str(workdir / "hf" / "modules"),
+    """The data benchmark's offline, private-cache environment, with a private index cache too."""
+    from benchmarks.data_pipeline import phase_env as offline_env
+
+    return offline_env(workdir) | {
         "KSPON_INDEX_CACHE": str(workdir / "index_cache"),
-        "TOKENIZERS_PARALLELISM": "false",
         "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning",
     }
 
