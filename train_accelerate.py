@@ -553,7 +553,8 @@ class Trainer:
                 self.output_dir,
                 hub_model_id=cfg.hub_model_id,
                 base_model=cfg.model_name_or_path,
-                metrics={split: {k: m[k] for k in SCORES} for split, m in results.items()},
+                # num_scored too: the card must know when eval_clean / eval_other were only partly scored
+                metrics={split: {k: m[k] for k in (*SCORES, "num_scored")} for split, m in results.items()},
                 hyperparameters=dataclasses.asdict(cfg),
                 scoring_normalization=SCORING_NORMALIZATION,
                 dataset_config=cfg.dataset_config,

@@ -108,6 +108,8 @@ def test_smoke_run_writes_metrics_predictions_and_card(smoke_run):
         assert len({row["id"] for row in rows}) == len(rows)
     card = (out / "README.md").read_text()
     assert "language: ko" in card and "model-index:" in card and "split: eval_other" in card
+    # The tone corpus's eval sets hold 6 utterances each, not the official 3,000: the card must not claim a comparison.
+    assert "**Not the full official sets:** `eval_clean` (6 utterances scored; the official set has 3,000)" in card
 
 
 def test_smoke_run_checkpoints_and_logs_to_tensorboard(smoke_run):
