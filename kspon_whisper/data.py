@@ -39,7 +39,8 @@ from .log_mel import LogMelSpectrogram
 _PCM16_MONO_16K_FMT = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, 2 * SAMPLE_RATE, 2, 16)
 MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
 KEEP_COLUMNS = ("id", "audio", "text")
-COUNT_KEYS = ("seen", "kept", *SKIP_REASONS, "labels_too_long")  # a fixed order, to all-reduce as one vector
+# What a pass counts as its batches go by (the index's drops are known before it), in a fixed order for one all-reduce.
+COUNT_KEYS = ("kept", *READ_REASONS, "labels_too_long")
 
 
 @dataclass
@@ -273,8 +274,7 @@ class PassCounter:
         summed = dict(zip(COUNT_KEYS, accelerator.reduce(local, reduction="sum").long().tolist(), strict=True))
         self.counts = Counter()
         index_drops = Counter({k: v for k, v in self.split.tally.items() if k in SKIP_REASONS})
-        reading = Counter({k: summed[k] for k in (*READ_REASONS, "labels_too_long")})
-        return +(Counter(seen=self.split.tally["seen"], kept=summed["kept"]) + index_drops + reading)
+        return +(Counter(seen=self.split.tally["seen"]) + index_drops + Counter(summed))
 
     def line(self, name: str, accelerator) -> tuple[str, Counter]:
         total = self.total(accelerator)
