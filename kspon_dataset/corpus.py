@@ -48,6 +48,7 @@ SHARD_SIZE = 1000  # one shard per 1,000-utterance folder; the 3,000-utterance e
 
 SPLIT_SCHEMES = ("random", "random_utterance", "official")
 HOMEPAGE = "https://aihub.or.kr/aihubdata/data/view.do?dataSetSn=123"
+CORPUS_HOURS = 965  # the training archives, as AI Hub and Bang et al. (2020) give it
 
 # Reasons an utterance is dropped. The index decides the first ones before any read; the last ones need the bytes.
 # Every reason but NOT_LOST is data loss and counts towards `max_skip_ratio`.

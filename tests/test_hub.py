@@ -52,12 +52,13 @@ REPO_FILES = {
     "eval_metrics.json": b'{"test": {"cer": 0.08}}',
     "predictions/test.jsonl": '{"id": "KsponSpeech_E00001", "pred": "안녕하세요"}\n'.encode(),
     "train_log.jsonl": b'{"step": 1, "loss": 2.0}\n',
+    "logs/kspon-whisper/events.out.tfevents.1.host": b"tb",  # the trainer's tracker logs, linked from the card
+    "ct2-int8/model.bin": b"\x00ct2" * 64,  # a faster-whisper export
+    "ct2-int8/tokenizer.json": b"{}",
 }
 EXCLUDED_FILES = {
     "checkpoints/checkpoint_0/model.safetensors": b"old weights",
     "checkpoints/checkpoint_0/optimizer.bin": b"adam",
-    "runs/Jan01/events.out.tfevents.1.host": b"tb",
-    "wandb/run-1/files/output.log": b"wandb",
     "tmp_save/model.safetensors": b"partial",
     ".cache/huggingface/x": b"cache",
     "model.safetensors.tmp": b"partial",
@@ -151,15 +152,15 @@ def test_push_makes_one_commit_with_every_repo_file(output_dir):
 
 def test_push_retries_transient_errors_with_backoff(output_dir):
     api = _mock_api()
-    api.create_repo.side_effect = [httpx2.ConnectError("connection refused"), None]
+    api.create_repo.side_effect = [httpx2.ConnectError("connection refused"), None, None, None, None]
     api.create_commit.side_effect = [_http_error(503), _http_error(429), httpx2.ReadTimeout("slow"), _commit_info()]
     sleeps: list[float] = []
 
     push_output_dir(output_dir, REPO_ID, api=api, sleep=sleeps.append, base_delay=1.0)
 
-    assert api.create_repo.call_count == 2
+    assert api.create_repo.call_count == 5  # create_repo(exist_ok=True) is repeated with every attempt
     assert api.create_commit.call_count == 4
-    assert sleeps == [1.0, 1.0, 2.0, 4.0]  # create_repo's retry, then the commit's three
+    assert sleeps == [1.0, 2.0, 4.0, 8.0]  # one backoff for the whole push: create_repo's failure, the commit's three
     first_ops, last_ops = api.create_commit.call_args_list[0].args[1], api.create_commit.call_args_list[-1].args[1]
     assert not {id(op) for op in first_ops} & {id(op) for op in last_ops}  # fresh operations on every attempt
 
@@ -253,11 +254,33 @@ def test_check_hub_access_with_rejected_token_says_how_to_fix_it():
     assert "hf auth login" in str(raised.value)
 
 
-def test_check_hub_access_refuses_a_read_only_token():
+def _fine_grained(*scoped: tuple[str, list[str]]) -> dict:
+    entities = [{"entity": {"type": "user", "name": name}, "permissions": perms} for name, perms in scoped]
+    return {"role": "fineGrained", "fineGrained": {"global": ["discussion.write"], "scoped": entities}}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        {"role": "read"},
+        _fine_grained(("me", ["repo.content.read"])),  # a fine-grained token that can only read
+        _fine_grained(("kspon-lab", ["repo.write"])),  # write access, but to another namespace
+    ],
+    ids=["read", "fine-grained-read", "fine-grained-other-namespace"],
+)
+def test_check_hub_access_refuses_a_token_that_cannot_write(token):
     api = _mock_api()
-    api.whoami.return_value = {"name": "me", "orgs": [], "auth": {"accessToken": {"role": "read"}}}
-    with pytest.raises(HubAccessError, match="read-only"):
+    api.whoami.return_value = {"name": "me", "orgs": [{"name": "kspon-lab"}], "auth": {"accessToken": token}}
+    with pytest.raises(HubAccessError, match=f"cannot write to {REPO_ID}"):
         check_hub_access(REPO_ID, api=api)
+
+
+@pytest.mark.parametrize("scope", ["me", REPO_ID])
+def test_check_hub_access_accepts_a_fine_grained_token_with_repo_write(scope):
+    api = _mock_api()
+    token = _fine_grained((scope, ["repo.content.read", "repo.write"]))
+    api.whoami.return_value = {"name": "me", "orgs": [], "auth": {"accessToken": token}}
+    assert check_hub_access(REPO_ID, api=api) == "me"
 
 
 @pytest.mark.parametrize("setting", ["HF_HUB_OFFLINE", "HF_HUB_DISABLE_IMPLICIT_TOKEN"])
@@ -440,7 +463,8 @@ def _write_card(output_dir: Path, metrics=METRICS, **overrides) -> Path:
             "learning_rate": 1e-5,
             "train_batch_size": 16,
             "max_new_tokens": 225,
-            "hub_token": FAKE_TOKEN,  # must never reach a public README
+            "data_dir": "/home/me/secret-datasets/KsponSpeech",  # local paths never reach a public README
+            "output_dir": "/home/me/runs/ko",
         },
         "scoring_normalization": "NFKC; punctuation removed; runs of spaces collapsed",
         **overrides,
@@ -484,7 +508,7 @@ def test_model_card_body_documents_the_run(tmp_path):
     assert "pronunciation (phonetic) side" in text
     assert "| learning_rate | 1e-05 |" in text
     assert "| max_new_tokens | 225 |" in text
-    assert "hub_token" not in text and FAKE_TOKEN not in text
+    assert "/home/me" not in text and "data_dir" not in text
     assert "| huggingface_hub |" in text
     assert "Applied Sciences" in text and "6936" in text and "2212.04356" in text
     assert "AI Hub" in text
@@ -554,3 +578,22 @@ def test_card_flags_partial_eval_sets_and_the_phonetic_side(tmp_path):
     assert "**not comparable** with them" in text and ESPNET_ROW not in text
     with pytest.raises(ValueError, match="random, random_utterance, official"):
         _write_card(tmp_path, split_scheme="8:1:1")
+
+
+def test_card_of_a_local_base_model_has_no_hub_link(tmp_path):
+    base = tmp_path / "models" / "whisper-base"
+    base.mkdir(parents=True)
+    path = _write_card(tmp_path / "run", base_model=str(base))
+    text = path.read_text(encoding="utf-8")
+    assert "a local Whisper (`whisper-base`)" in text
+    assert "huggingface.co/" + str(base) not in text and str(tmp_path) not in text
+    assert ModelCard.load(path).data.base_model is None  # the Hub rejects a base_model that is not a repo id
+
+
+def test_card_shows_faster_whisper_usage_for_an_exported_folder(tmp_path):
+    assert "faster_whisper" not in _write_card(tmp_path).read_text(encoding="utf-8")
+    (tmp_path / "ct2-int8_float16").mkdir()
+    (tmp_path / "ct2-int8_float16" / "model.bin").write_bytes(b"ct2")
+    text = _write_card(tmp_path).read_text(encoding="utf-8")
+    assert f'snapshot_download("{REPO_ID}", allow_patterns="ct2-int8_float16/*")' in text
+    assert 'WhisperModel(path, device="cuda", compute_type="int8_float16")' in text
