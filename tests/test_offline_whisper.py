@@ -19,8 +19,8 @@ from transformers import (
     WhisperTokenizerFast,
 )
 
-from kspon_whisper import convert_ct2
-from kspon_whisper.convert_ct2 import INSTALL_COMMAND, build_offline_whisper, locate_sources, package_data_dir
+from tools import offline_whisper as convert_ct2
+from tools.offline_whisper import INSTALL_COMMAND, build_offline_whisper, locate_sources, package_data_dir
 
 DATA_DIR = Path(__file__).parent / "data"
 CLIPS = ("ko_greeting", "ko_weather", "ko_meeting")
