@@ -3,11 +3,14 @@
 Accelerate's `save_state` is not atomic: a crash mid-save leaves a truncated folder, a missing RNG file is only
 logged at INFO level on load, and with `automatic_checkpoint_naming` + `total_limit` the oldest checkpoint is
 deleted *before* the new one is written. So each checkpoint is written to a temporary folder, verified, renamed
-into place, and only then are old ones rotated out. A checkpoint is complete when it holds `COMPLETE.json`.
+into place, and only then are old ones rotated out. A checkpoint is complete when it holds `COMPLETE.json`, which
+records every file's size and sha256: a truncated or corrupted file is found, named and passed over on resume.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import shutil
@@ -20,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 MARKER = "COMPLETE.json"
 PREFIX = "step_"
+TRASH = ".trash-"  # an old checkpoint being rotated out: renamed first, so a kill mid-delete leaves no half folder
 
 
 def loop_state_file(checkpoint: Path, rank: int) -> Path:
@@ -31,21 +35,66 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state:
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_leftovers(root)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    # Each rank reads its own part of the data, so each rank's dataloader position is saved, not only rank 0's.
-    torch.save(loop_state, loop_state_file(tmp, accelerator.process_index))
+    try:
+        accelerator.save_state(str(tmp))
+        # Each rank reads its own part of the data, so each rank's dataloader position is saved, not only rank 0's.
+        torch.save(loop_state, loop_state_file(tmp, accelerator.process_index))
+    except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as "iostream error", no errno
+        raise _explain_failed_save(err, root, tmp) from err
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _verify(tmp, accelerator.num_processes)
-        (tmp / MARKER).write_text(json.dumps({"step": step, "num_processes": accelerator.num_processes}))
+        marker = {"step": step, "num_processes": accelerator.num_processes, "files": _checksums(tmp)}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _rotate(root, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def _checksums(folder: Path) -> dict[str, dict]:
+    checksums = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        checksums[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": digest}
+    return checksums
+
+
+def damage(checkpoint: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (the first missing, truncated or altered one), or None."""
+    files = json.loads((checkpoint / MARKER).read_text()).get("files", {})  # older checkpoints carry no checksums
+    for name, expected in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} is {path.stat().st_size:,} bytes, {expected['bytes']:,} when it was saved (truncated?)"
+        with path.open("rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != expected["sha256"]:
+                return f"{name} does not match the sha256 recorded when it was saved (corrupted)"
+    return None
+
+
+def _explain_failed_save(err: Exception, root: Path, tmp: Path) -> Exception:
+    """Remove the half-written folder; when the disk is full, say so with the space a checkpoint needs."""
+    written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else 0
+    shutil.rmtree(tmp, ignore_errors=True)
+    complete = complete_checkpoints(root)
+    need = max(written, sum(p.stat().st_size for p in complete[-1].rglob("*") if p.is_file()) if complete else 0)
+    free = shutil.disk_usage(root).free
+    if getattr(err, "errno", None) != errno.ENOSPC and free > need:
+        return err
+    return OSError(
+        errno.ENOSPC,
+        f"Disk full at {root} while saving a checkpoint ({free / 1e9:.1f} GB free; a checkpoint needs "
+        f"~{need / 1e9:.1f} GB). The half-written folder was removed. Free space or lower --save_total_limit, "
+        f"then resume with --resume_from_checkpoint latest. ({err})",
+    )
 
 
 # What save_state writes, by kind: plain files under DDP / one process, folders of shards under FSDP's sharded state.
@@ -77,7 +126,16 @@ def _written(path: Path) -> bool:
 
 def _rotate(root: Path, total_limit: int) -> None:
     for old in complete_checkpoints(root)[:-total_limit] if total_limit > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        trash = old.rename(root / f"{TRASH}{old.name}")
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Folders a killed run left behind: a save cut short, a rotation cut short, a step folder never marked."""
+    for path in root.glob("*"):
+        if path.name.startswith((".tmp-", TRASH)) or (path.name.startswith(PREFIX) and not (path / MARKER).is_file()):
+            logger.warning(f"Removing {path}, left behind by an interrupted save or rotation.")
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -86,9 +144,8 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def resolve_checkpoint(resume_from: str, root: Path) -> Path | None:
-    """`latest` -> the newest complete checkpoint (or None); a path -> that checkpoint, which must be complete.
-
-    An incomplete newer checkpoint (a save cut short) is passed over, and the fallback is logged.
+    """`latest` -> the newest complete checkpoint whose files verify (or None); a path -> that checkpoint, which must
+    be complete and verify. Checkpoints passed over (cut short, truncated, corrupted) are logged with the reason.
     """
     if resume_from != "latest":
         path = Path(resume_from)
@@ -96,6 +153,11 @@ def resolve_checkpoint(resume_from: str, root: Path) -> Path | None:
             raise FileNotFoundError(
                 f"{path} is not a complete checkpoint (no {MARKER}). Use --resume_from_checkpoint latest to take the "
                 f"newest complete one under {root}."
+            )
+        if problem := damage(path):
+            raise ValueError(
+                f"Checkpoint {path} is damaged: {problem}. Use --resume_from_checkpoint latest to take the newest one "
+                f"under {root} that verifies."
             )
         return path
     complete = complete_checkpoints(root)
@@ -105,9 +167,13 @@ def resolve_checkpoint(resume_from: str, root: Path) -> Path | None:
         if not (p / MARKER).is_file() and (not complete or _step_name(p) > complete[-1].name)
     ]
     if newer_incomplete:
-        fallback = complete[-1] if complete else "a fresh start"
-        logger.warning(f"Ignoring incomplete checkpoint(s) {sorted(map(str, newer_incomplete))}; using {fallback}.")
-    return complete[-1] if complete else None
+        logger.warning(f"Ignoring incomplete checkpoint(s) {sorted(map(str, newer_incomplete))}.")
+    for checkpoint in reversed(complete):
+        if (problem := damage(checkpoint)) is None:
+            return checkpoint
+        logger.warning(f"Passing over checkpoint {checkpoint}: {problem}.")
+    logger.warning(f"No complete checkpoint under {root} verifies: a fresh start.")
+    return None
 
 
 def _step_name(path: Path) -> str:

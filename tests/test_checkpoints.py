@@ -1,6 +1,8 @@
 """Atomic checkpoints: rotation only after a complete save, verification, and the fallback past incomplete ones."""
 
+import errno
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +76,7 @@ def test_the_checkpoint_round_trips_the_model(run, tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in run.model.state_dict().items())
 
 
-def test_a_crash_mid_save_deletes_nothing(run, tmp_path, monkeypatch, caplog):
+def test_a_crash_mid_save_deletes_nothing_but_its_own_folder(run, tmp_path, monkeypatch, caplog):
     root = tmp_path / "checkpoints"
     for step in (1, 2):
         save_checkpoint(run.accelerator, root, step, {"step": step}, total_limit=2)
@@ -88,10 +90,58 @@ def test_a_crash_mid_save_deletes_nothing(run, tmp_path, monkeypatch, caplog):
         save_checkpoint(run.accelerator, root, 3, {"step": 3}, total_limit=2)
 
     assert names(complete_checkpoints(root)) == ["step_00000001", "step_00000002"]
-    assert (root / ".tmp-step_00000003").is_dir() and not (root / ".tmp-step_00000003" / MARKER).exists()
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000001", "step_00000002"]  # the half-written one is gone
+    assert resolve_checkpoint("latest", root) == root / "step_00000002"
+
+
+def test_a_full_disk_is_named_with_the_space_a_checkpoint_needs(run, tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=2)
+
+    def iostream_error(output_dir: str, **kwargs):  # what torch's writer raises on a full disk: no errno
+        (Path(output_dir) / "optimizer.bin").write_bytes(b"partial")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos; basic_ios::clear: iostream error"
+        )
+
+    monkeypatch.setattr(run.accelerator, "save_state", iostream_error)
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OSError, match=f"Disk full at {root}") as err:
+        save_checkpoint(run.accelerator, root, 2, {"step": 2}, total_limit=2)
+    assert err.value.errno == errno.ENOSPC and "a checkpoint needs ~" in str(err.value)
+    assert "--resume_from_checkpoint latest" in str(err.value)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000001"]
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else data[:100] + bytes(280) + data[380:])
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_a_damaged_checkpoint_is_named_and_latest_falls_back(run, tmp_path, caplog, how):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        run.train_once()
+        save_checkpoint(run.accelerator, root, step, {"step": step}, total_limit=2)
+    _corrupt(root / "step_00000002" / "optimizer.bin", how)
+
     with caplog.at_level(logging.WARNING, logger="kspon_whisper.checkpoints"):
-        assert resolve_checkpoint("latest", root) == root / "step_00000002"
-    assert ".tmp-step_00000003" in caplog.text and "step_00000002" in caplog.text
+        assert resolve_checkpoint("latest", root) == root / "step_00000001"
+    assert "step_00000002" in caplog.text and "optimizer.bin" in caplog.text
+    with pytest.raises(ValueError, match="optimizer.bin") as err:
+        resolve_checkpoint(str(root / "step_00000002"), root)
+    assert "truncated" in str(err.value) if how == "truncated" else "corrupted" in str(err.value)
+
+
+def test_leftovers_of_an_interrupted_save_or_rotation_are_removed(run, tmp_path):
+    root = tmp_path / "checkpoints"
+    save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=2)
+    for leftover in (".trash-step_00000000", "step_00000002", ".tmp-step_00000003"):  # a kill mid-rotate / mid-save
+        (root / leftover).mkdir()
+        (root / leftover / "loop_state_rank0.pt").write_bytes(b"x")
+    save_checkpoint(run.accelerator, root, 4, {"step": 4}, total_limit=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000001", "step_00000004"]
 
 
 @pytest.mark.parametrize("dropped", ["random_states_0.pkl", "optimizer.bin", "model.safetensors"])
@@ -140,7 +190,7 @@ def test_latest_without_any_complete_checkpoint_starts_fresh(tmp_path, caplog):
     (root / ".tmp-step_00000001").mkdir(parents=True)
     with caplog.at_level(logging.WARNING, logger="kspon_whisper.checkpoints"):
         assert resolve_checkpoint("latest", root) is None
-    assert "a fresh start" in caplog.text
+    assert "fresh start" in caplog.text
 
 
 def test_sharded_fsdp_state_counts_as_complete(run, tmp_path, monkeypatch):
