@@ -125,9 +125,31 @@ class TrainConfig:
             raise ValueError("--data_dir is required: the folder holding KsponSpeech_01.zip ... (see README).")
         if (self.push_to_hub or self.push_only) and not self.hub_model_id:
             raise ValueError("--push_to_hub/--push_only need --hub_model_id user/name.")
-        for name in ("per_device_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        ranges = {  # option: (lowest valid value, whether it may equal it)
+            "per_device_batch_size": (1, True),
+            "gradient_accumulation_steps": (1, True),
+            "log_every": (1, True),
+            "learning_rate": (0, False),
+            "max_grad_norm": (0, False),  # a negative threshold would scale gradients by a negative factor
+            "max_steps": (0, True),
+            "warmup_steps": (0, True),
+            "weight_decay": (0, True),
+            "num_workers": (0, True),
+            "eval_every": (0, True),
+            "save_every": (0, True),
+            "save_total_limit": (1, True),
+            "generation_max_new_tokens": (1, True),
+            "num_beams": (1, True),
+        }
+        for name, (low, inclusive) in ranges.items():
+            value = getattr(self, name)
+            if value < low or (value == low and not inclusive):
+                raise ValueError(f"--{name} must be {'at least' if inclusive else 'more than'} {low}, got {value}.")
+        if self.max_steps == 0 and self.num_epochs <= 0 and not self.push_only:
+            raise ValueError(f"--num_epochs must be more than 0 when --max_steps is 0, got {self.num_epochs}.")
+        resume = self.resume_from_checkpoint
+        if resume not in (None, "latest") and not Path(resume).is_dir():
+            raise ValueError(f"--resume_from_checkpoint {resume} is not a folder; pass a checkpoint folder or latest.")
         if self.streaming and self.max_steps <= 0 and not self.push_only:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
         if isinstance(self.final_eval_splits, str):  # `final_eval_splits: test` in YAML is one name, not letters
@@ -170,7 +192,12 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser(TrainConfig)
     if known.config:
-        values = yaml.safe_load(Path(known.config).read_text()) or {}  # YAML is a superset of JSON
+        try:
+            values = yaml.safe_load(Path(known.config).read_text()) or {}  # YAML is a superset of JSON
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"--config {known.config} cannot be read as YAML/JSON: {err}") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"{known.config} must map option names to values (`max_steps: 100`), not {values!r}.")
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
         if unknown:
             raise ValueError(f"{known.config}: unknown options {unknown}; see `train_accelerate.py --help`.")
