@@ -213,7 +213,7 @@ def _sentence_stream(pool: list[str], rng: random.Random) -> Iterable[str]:
     """Each pool sentence once, then distinct ordered pairs of them, so no line repeats within a corpus."""
     yield from pool
     pairs = [f"{first} {second}" for first, second in itertools.permutations(pool, 2)]
-    rng.shuffle(pairs)  # lazily: a corpus that needs no pairs draws nothing more from rng, nor changes later draws
+    rng.shuffle(pairs)
     yield from pairs
 
 
