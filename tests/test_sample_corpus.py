@@ -306,3 +306,19 @@ def test_committed_sample_corpus() -> None:
     assert len(archives) == 7
     n_pcm = sum(name.endswith(".pcm") for members in archives.values() for name in members)
     assert 140 <= n_pcm <= 170
+
+
+@pytest.mark.skipif(not SAMPLE_DIR.is_dir(), reason="the committed sample corpus is not there")
+def test_generator_still_writes_the_committed_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything but espeak-ng itself: given the committed clips, the sample's command (kspon_dataset/sample/
+    README.md) writes the committed archives byte for byte: sentences, ids, transcripts, CRLFs, dev.trn, ZIPs."""
+    clips = {
+        name.rpartition("/")[2].removesuffix(".pcm"): data
+        for members in read_archives(SAMPLE_DIR).values()
+        for name, data in members.items()
+        if name.endswith(".pcm")
+    }
+    monkeypatch.setattr(sc, "make_pcm", lambda uid, raw_text, voice, seed: clips[uid])
+    sc.main(["--out", str(tmp_path), "--num_utterances", "150", "--voice", "espeak", "--seed", "0"])
+    for path in sorted(SAMPLE_DIR.glob("*.zip")):
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
