@@ -6,6 +6,9 @@ One H100, the whole corpus, streamed from AI Hub's ZIPs (bf16, gradient checkpoi
         --data_dir /data/KsponSpeech --output_dir runs/ko-large-v3 --max_steps 20000 \\
         --push_to_hub --hub_model_id me/whisper-large-v3-ko
 
+A 24 GB GPU: LoRA, `--lora_rank 16 --learning_rate 1e-4`: only low-rank adapters train, and the saved model is a plain
+Whisper with the adapters merged in (kspon_whisper/lora.py; README "Smaller GPUs").
+
 Several GPUs: `--config_file configs/ddp_8gpu.yaml` (or configs/fsdp_8gpu.yaml). Every option can also come from a
 YAML/JSON file, with the command line taking precedence: `train_accelerate.py --config configs/demo.yaml --lr 1e-5`.
 
@@ -39,7 +42,8 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
 
@@ -53,6 +57,7 @@ from kspon_whisper.evaluation import (
     write_predictions,
 )
 from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
+from kspon_whisper.lora import add_lora, merge_lora, parameter_line
 from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
 
 logger = logging.getLogger("train_accelerate")
@@ -67,7 +72,11 @@ class TrainConfig:
     sdpa_cudnn: bool = False  # allow cuDNN's SDPA kernel: it re-plans per shape and gave NaNs in bf16 backward
     torch_compile: bool = False  # torch.compile the model; labels are bucketed so shapes stay few
     gradient_checkpointing: bool = True  # recompute activations in backward: ~1/3 more compute, far less memory
-    freeze_encoder: bool = False  # train the decoder only
+    freeze_encoder: bool = False  # train the decoder only (with LoRA: adapters in the decoder only)
+    lora_rank: int = 0  # LoRA adapter rank (8-32 typical); 0 trains every weight (full fine-tuning)
+    lora_alpha: int | None = None  # adapter updates are scaled by alpha / rank; default 2 x lora_rank
+    lora_dropout: float = 0.0  # dropout on the adapters' input; each adapter then saves its own mask and input copy
+    lora_mlp: bool = False  # adapt each layer's fc1/fc2 too, not only the attention projections
     apply_spec_augment: bool = False  # SpecAugment time/feature masking on the log-mel input
     mask_time_prob: float = 0.05  # fraction of frames masked when apply_spec_augment
     mask_feature_prob: float = 0.0  # fraction of mel bins masked when apply_spec_augment
@@ -150,6 +159,7 @@ class TrainConfig:
         resume = self.resume_from_checkpoint
         if resume not in (None, "latest") and not Path(resume).is_dir():
             raise ValueError(f"--resume_from_checkpoint {resume} is not a folder; pass a checkpoint folder or latest.")
+        self.check_lora()
         if self.streaming and self.max_steps <= 0 and not self.push_only:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
         if isinstance(self.final_eval_splits, str):  # `final_eval_splits: test` in YAML is one name, not letters
@@ -159,6 +169,23 @@ class TrainConfig:
             raise ValueError(
                 f"--final_eval_splits {unknown} are not splits of KsponSpeech; choose from {HELD_OUT_SPLITS}."
             )
+
+    def check_lora(self) -> None:
+        if self.lora_rank < 0:
+            raise ValueError(
+                f"--lora_rank must be 0 (full fine-tuning) or an adapter rank such as 16, not {self.lora_rank}."
+            )
+        if not self.lora_rank:
+            if self.lora_mlp or self.lora_alpha is not None:
+                raise ValueError("--lora_alpha and --lora_mlp shape LoRA adapters: set --lora_rank too (e.g. 16).")
+            return
+        # alpha tied to the rank keeps the update scale alpha / rank at 2 whatever the rank, so changing the rank
+        # does not silently change the step size (a fixed alpha of 64 scales rank 8 by 8 and rank 32 by 2).
+        self.lora_alpha = 2 * self.lora_rank if self.lora_alpha is None else self.lora_alpha
+        if self.lora_alpha <= 0:
+            raise ValueError(f"--lora_alpha must be positive (default 2 x lora_rank), got {self.lora_alpha}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
 
 def check_splits(cfg: TrainConfig, splits: dict) -> None:
@@ -206,13 +233,15 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return config
 
 
-def load_model(cfg: TrainConfig) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+def load_model(cfg: TrainConfig) -> tuple[WhisperForConditionalGeneration | PeftModel, WhisperProcessor]:
     processor = WhisperProcessor.from_pretrained(cfg.model_name_or_path)
     model = WhisperForConditionalGeneration.from_pretrained(
         cfg.model_name_or_path, attn_implementation=cfg.attn_implementation
     )
     configure_model(model, cfg)
     set_korean_transcription(model, processor)
+    if cfg.lora_rank:
+        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_mlp, cfg.freeze_encoder)
     return model, processor
 
 
@@ -327,6 +356,14 @@ class Trainer:
     """Holds what the loop shares; `fit` is the loop, the rest are its cadences."""
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator):
+        if cfg.lora_rank and accelerator.distributed_type == DistributedType.FSDP:
+            # Training runs, but generation and the final merge need every weight on each rank, and neither gathers
+            # a PeftModel's shards. Nor would sharding pay: LoRA's gradients and AdamW state are ~1 % of the model.
+            raise ValueError(
+                "--lora_rank does not run under FSDP. Launch with DDP (configs/ddp_8gpu.yaml): with LoRA each GPU "
+                "holds the fp32 weights (large-v3: 6.2 GB) and activations, but gradients and optimizer state for the "
+                "adapters only."
+            )
         self.cfg, self.accelerator = cfg, accelerator
         self.output_dir = Path(cfg.output_dir)
         self.model, self.processor = load_model(cfg)
@@ -398,6 +435,13 @@ class Trainer:
             f"{self.max_steps * effective:,} samples | samples per epoch {per_epoch} | mixed precision "
             f"{acc.mixed_precision} | gradient checkpointing {cfg.gradient_checkpointing}"
         )
+        lora = f" | LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha}, merged at the end" if cfg.lora_rank else ""
+        self.say(parameter_line(acc.unwrap_model(self.model)) + lora)
+        if cfg.lora_rank and cfg.learning_rate < 1e-4 and acc.is_main_process:
+            logger.warning(
+                f"--learning_rate {cfg.learning_rate:g} suits full fine-tuning; LoRA adapters usually train at "
+                "1e-4 to 1e-3 (PEFT's Whisper example uses 1e-3)."
+            )
 
     def resume(self) -> dict | None:
         checkpoint = resolve_checkpoint(self.cfg.resume_from_checkpoint, self.output_dir / "checkpoints")
@@ -405,7 +449,15 @@ class Trainer:
             self.say("No complete checkpoint to resume from; starting fresh.")
             return None
         state = load_loop_state(checkpoint, self.accelerator.process_index, self.accelerator.num_processes)
-        self.accelerator.load_state(str(checkpoint))
+        try:
+            self.accelerator.load_state(str(checkpoint))
+        except RuntimeError as err:
+            if "loading state_dict" not in str(err):
+                raise
+            raise RuntimeError(
+                f"{checkpoint} holds another model than this command builds: resume with the options that wrote it "
+                "(--model_name_or_path, --lora_rank, --lora_mlp, --freeze_encoder).\n" + str(err)[:1000]
+            ) from err
         self.step, self.epoch = state["step"], state["epoch"]
         self.skipped_steps, self.too_long = state["skipped_steps"], state["too_long"]
         self.train_counts.counts = Counter(state.get("train_counts", {}))
@@ -549,14 +601,19 @@ class Trainer:
         self.say(f"saved checkpoint {path}")
 
     def finish(self) -> None:
-        """Save the model locally first, then evaluate every held-out split, then write the card (and push)."""
+        """Save the model locally first (LoRA adapters merged in), then evaluate every held-out split, then write the
+        card (and push)."""
         acc, cfg = self.accelerator, self.cfg
         acc.wait_for_everyone()
-        # Collective: under FSDP each rank holds a shard, and only gathered weights make a loadable model (rank 0
-        # receives them). Elsewhere it is the bare model's state dict.
-        state_dict = acc.get_state_dict(self.model)
+        if cfg.lora_rank:
+            # On every rank, before the evaluations below: the card then scores the model that is saved and pushed,
+            # a plain Whisper. In place, so self.model (DDP's wrapper too) runs the merged weights from here on.
+            model, state_dict = merge_lora(acc.unwrap_model(self.model, keep_torch_compile=False)), None
+        else:
+            # Collective: under FSDP each rank holds a shard, and only gathered weights make a loadable model (rank
+            # 0 receives them). Elsewhere it is the bare model's state dict.
+            model, state_dict = acc.unwrap_model(self.model), acc.get_state_dict(self.model)
         if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
             model.save_pretrained(self.output_dir, state_dict=state_dict, safe_serialization=True)
             self.processor.save_pretrained(self.output_dir)
         results = {}

@@ -4,6 +4,7 @@ The tone corpus's train split holds 33 utterances, so at batch 4 an epoch is 9 s
 with num_workers 0. Runs go to step 12: a kill after the checkpoint at step 6 resumes mid-epoch and crosses the epoch
 boundary afterwards, and one at step 9 resumes exactly on it. Dropout and SpecAugment are on, so the torch and numpy
 random streams must be restored too, not only the weights, the optimizer, the schedule and the data position.
+The LoRA case trains adapters only (with their own dropout, through gradient checkpointing) and merges them at the end.
 """
 
 import json
@@ -36,7 +37,9 @@ def dropout_whisper_dir(tiny_whisper_dir: Path, tmp_path_factory: pytest.TempPat
     return model_dir
 
 
-def train_command(model_dir: Path, corpus: Path, output_dir: Path, streaming: bool, workers: int, save_every: int):
+def train_command(
+    model_dir: Path, corpus: Path, output_dir: Path, streaming: bool, workers: int, save_every: int, extra=()
+):
     return [
         sys.executable, "train_accelerate.py",
         "--model_name_or_path", str(model_dir), "--data_dir", str(corpus), "--output_dir", str(output_dir),
@@ -44,7 +47,7 @@ def train_command(model_dir: Path, corpus: Path, output_dir: Path, streaming: bo
         "--per_device_batch_size", "4", "--learning_rate", "1e-3", "--warmup_steps", "2", "--lr_scheduler", "linear",
         "--apply_spec_augment", "true", "--mask_time_prob", "0.05", "--mask_feature_prob", "0.05",
         "--gradient_checkpointing", "false", "--log_every", "1", "--eval_every", "0", "--save_every", str(save_every),
-        "--final_eval_splits", "test", "--generation_max_new_tokens", "2", "--report_to", "none",
+        "--final_eval_splits", "test", "--generation_max_new_tokens", "2", "--report_to", "none", *extra,
     ]  # fmt: skip
 
 
@@ -68,18 +71,24 @@ def run_until_killed(command: list[str], checkpoint_name: str) -> str:
 
 @pytest.fixture(scope="module")
 def uninterrupted(dropout_whisper_dir, tone_corpus, tmp_path_factory):
-    """Final weights of an uninterrupted run per (streaming, workers), made once and shared by the resume cases."""
+    """Final weights of an uninterrupted run per (streaming, workers, extra), made once and shared by the resume cases:
+    the saved model, and the last checkpoint's (with LoRA: the adapters before the merge)."""
     runs = {}
 
-    def weights(streaming: bool, workers: int) -> dict[str, torch.Tensor]:
-        if (streaming, workers) not in runs:
+    def weights(streaming: bool, workers: int, extra: tuple[str, ...]) -> list[dict[str, torch.Tensor]]:
+        if (streaming, workers, extra) not in runs:
             out = tmp_path_factory.mktemp(f"uninterrupted-{'streaming' if streaming else 'map'}-{workers}")
             # No intermediate checkpoints: saving must not perturb training either.
-            run_to_end(train_command(dropout_whisper_dir, tone_corpus, out, streaming, workers, save_every=0))
-            runs[streaming, workers] = load_file(out / "model.safetensors")
-        return runs[streaming, workers]
+            run_to_end(train_command(dropout_whisper_dir, tone_corpus, out, streaming, workers, 0, extra))
+            runs[streaming, workers, extra] = final_weights(out)
+        return runs[streaming, workers, extra]
 
     return weights
+
+
+def final_weights(out: Path) -> list[dict[str, torch.Tensor]]:
+    last_checkpoint = out / "checkpoints" / f"step_{MAX_STEPS:08d}"
+    return [load_file(out / "model.safetensors"), load_file(last_checkpoint / "model.safetensors")]
 
 
 def fake_incomplete_checkpoints(checkpoints: Path, complete: Path) -> list[str]:
@@ -93,21 +102,23 @@ def fake_incomplete_checkpoints(checkpoints: Path, complete: Path) -> list[str]:
     return [cut_short.name, unmarked.name]
 
 
+LORA = ("--lora_rank", "4", "--lora_mlp", "true", "--lora_dropout", "0.1", "--gradient_checkpointing", "true")
 CASES = {
-    "map-style, mid-epoch": (False, 0, 6),
-    "streaming, mid-epoch": (True, 0, 6),
-    "streaming, at the end of an epoch": (True, 0, 9),
-    "streaming, 2 workers": (True, 2, 6),
+    "map-style, mid-epoch": (False, 0, 6, ()),
+    "streaming, mid-epoch": (True, 0, 6, ()),
+    "streaming, at the end of an epoch": (True, 0, 9, ()),
+    "streaming, 2 workers": (True, 2, 6, ()),
+    "streaming, mid-epoch, LoRA": (True, 0, 6, LORA),
 }
 
 
-@pytest.mark.parametrize(("streaming", "workers", "kill_at"), list(CASES.values()), ids=list(CASES))
+@pytest.mark.parametrize(("streaming", "workers", "kill_at", "extra"), list(CASES.values()), ids=list(CASES))
 def test_resume_after_sigkill_is_bit_identical(
-    streaming, workers, kill_at, uninterrupted, dropout_whisper_dir, tone_corpus, tmp_path
+    streaming, workers, kill_at, extra, uninterrupted, dropout_whisper_dir, tone_corpus, tmp_path
 ):
     out = tmp_path / "out"
     checkpoint = f"step_{kill_at:08d}"
-    command = train_command(dropout_whisper_dir, tone_corpus, out, streaming, workers, save_every=kill_at)
+    command = train_command(dropout_whisper_dir, tone_corpus, out, streaming, workers, kill_at, extra)
     run_until_killed(command, checkpoint)
     assert not (out / "model.safetensors").exists(), "the killed run got to the end: nothing was resumed"
 
@@ -121,7 +132,9 @@ def test_resume_after_sigkill_is_bit_identical(
         warning = next(line for line in log.splitlines() if "Ignoring incomplete checkpoint" in line)
         assert all(name in warning for name in ignored) and warning.rstrip().endswith(f"using {resumed_from}.")
 
-    expected, resumed = uninterrupted(streaming, workers), load_file(out / "model.safetensors")
-    assert resumed.keys() == expected.keys()
-    differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
-    assert not differing, f"{len(differing)} of {len(expected)} tensors differ after resuming, e.g. {differing[:3]}"
+    saved, last_checkpoint = final_weights(out)
+    assert any(".lora_B." in name for name in last_checkpoint) == bool(extra), "LoRA on or off against the case"
+    for expected, resumed in zip(uninterrupted(streaming, workers, extra), [saved, last_checkpoint], strict=True):
+        assert resumed.keys() == expected.keys()
+        differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
+        assert not differing, f"{len(differing)} of {len(expected)} tensors differ after resuming: {differing[:3]}"

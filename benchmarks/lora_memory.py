@@ -1,0 +1,240 @@
+"""Training memory of Whisper large-v3, full fine-tuning against LoRA: arithmetic and counts, no GPU involved.
+
+    python benchmarks/lora_memory.py --write_results
+
+1. Parameters: the real large-v3 config (kspon_whisper/tiny.py) built on the meta device, so nothing is allocated,
+   with the adapters `--lora_rank` adds (kspon_whisper/lora.py). Bytes are what the loop keeps: fp32 weights, fp32
+   gradients and AdamW's two fp32 moments for what trains.
+2. Activations: the tensors autograd saves for backward, counted (deduplicated by storage) during one forward under
+   bf16 autocast, as the loop runs, on the CPU, of a model of large-v3's width with one encoder and one decoder layer,
+   at batch 1 and 2 (the difference is per sample, the rest is per step); the layers' counts are then multiplied by
+   32. Saved tensors that hold a bf16 copy of a weight (autocast's casts) are reported apart from activations.
+   With gradient checkpointing the layers keep only their inputs and one layer at a time is recomputed in backward;
+   that total is assembled from the counts, an estimate.
+3. The largest per-device batch for 24, 48 and 80 GB cards from 1 + 2, keeping 10 % of the card for the CUDA context,
+   allocator fragmentation and backward's transient gradients (an assumption, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+from transformers import WhisperForConditionalGeneration
+
+from kspon_whisper.lora import add_lora
+from kspon_whisper.tiny import ARCHITECTURES, whisper_config
+from train_accelerate import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## LoRA memory (large-v3, arithmetic)"
+GiB = 2**30
+CARDS_GIB = (24, 48, 80)
+HEADROOM = 0.10  # of the card, for the CUDA context, fragmentation and backward's transients (assumed)
+
+
+@dataclass(frozen=True)
+class Setup:
+    rank: int  # 0: full fine-tuning
+    mlp: bool = False
+    dropout: float = TrainConfig.lora_dropout  # the loop's default
+
+    @property
+    def name(self) -> str:
+        if not self.rank:
+            return "full fine-tuning"
+        dropout = f", dropout {self.dropout:g}" if self.dropout != TrainConfig.lora_dropout else ""
+        return f"LoRA r{self.rank}, attention{' + MLP' if self.mlp else ''}{dropout}"
+
+    def build(self, **overrides) -> torch.nn.Module:
+        model = WhisperForConditionalGeneration(whisper_config("large-v3", **overrides))
+        model.config.use_cache = False
+        return add_lora(model, self.rank, 2 * self.rank, self.dropout, self.mlp) if self.rank else model
+
+
+HEADER = (
+    "| setup | trainable | fp32 weights GiB | fp32 grads GiB | AdamW GiB | weights + grads + AdamW GiB "
+    "| bf16 weight copies GiB, no ckpt / ckpt | activations GiB per sample, no ckpt / ckpt (est.) |"
+)
+SETUPS = [Setup(0)] + [Setup(rank, mlp) for mlp in (False, True) for rank in (8, 16, 32)] + [Setup(16, True, 0.05)]
+
+
+def parameter_bytes(setup: Setup) -> dict[str, float]:
+    with torch.device("meta"):
+        model = setup.build()
+    parameters = list(model.parameters())
+    total = sum(p.numel() for p in parameters)
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    return {
+        "total": total,
+        "trainable": trainable,
+        "weights": 4 * total,  # fp32 master weights (autocast computes in bf16 from them)
+        "gradients": 4 * trainable,
+        "adamw": 8 * trainable,  # exp_avg and exp_avg_sq, fp32
+    }
+
+
+def saved_bytes(setup: Setup, batch: int, label_tokens: int) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """Bytes autograd saves in one forward, by (region, "activations" | "weight copies"), and each layer's input."""
+    torch.manual_seed(0)
+    model = setup.build(encoder_layers=1, decoder_layers=1).train()
+    base = model.get_base_model() if setup.rank else model
+    parameter_storage = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    bf16_weights = defaultdict(list)  # storage bytes -> bf16 copies of the weights of that size
+    for p in model.parameters():
+        bf16_weights[2 * p.numel()].append(p.detach().to(torch.bfloat16).reshape(-1))
+    region, layer_inputs = ["outside the layers"], {}
+
+    def enter(name):
+        def hook(module, args, kwargs):
+            region[0] = name
+            layer_inputs[name] = (args[0] if args else kwargs["hidden_states"]).nbytes
+
+        return hook
+
+    for name, layers in (("encoder layer", base.model.encoder.layers), ("decoder layer", base.model.decoder.layers)):
+        layer = layers[0]
+        layer.register_forward_pre_hook(enter(name), with_kwargs=True)
+        layer.register_forward_hook(lambda *_: region.__setitem__(0, "outside the layers"))
+    seen, tally, kept = set(), defaultdict(int), []
+
+    def pack(tensor: torch.Tensor) -> None:
+        # Kept alive so that no address is reused while counting, but detached: the graph holds this hook, and a
+        # saved output holding its grad_fn would make a cycle through C++ that no collector frees. No backward runs.
+        kept.append(tensor.detach())
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen | parameter_storage:
+            seen.add(storage.data_ptr())
+            tally[region[0], "weight copies" if is_weight_copy(storage) else "activations"] += storage.nbytes()
+
+    def is_weight_copy(storage) -> bool:
+        candidates = bf16_weights.get(storage.nbytes(), [])
+        flat = torch.empty(0, dtype=torch.bfloat16).set_(storage) if candidates else None
+        return any(torch.equal(flat, weight) for weight in candidates)
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(batch, ARCHITECTURES["large-v3"].num_mel_bins, 3000, generator=generator)
+    labels = torch.randint(0, 50000, (batch, label_tokens), generator=generator)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_features=features, labels=labels)
+    return tally, layer_inputs
+
+
+def activation_bytes(setup: Setup, label_tokens: int) -> dict[str, float]:
+    """Per-sample and per-step saved bytes of the whole 32 + 32-layer model, with and without checkpointing."""
+    layers = ARCHITECTURES["large-v3"].encoder_layers  # = decoder layers
+    (one, inputs), (two, _) = (saved_bytes(setup, batch, label_tokens) for batch in (1, 2))
+    per_sample = {key: two[key] - one[key] for key in one.keys() | two.keys()}
+    per_step = {key: one[key] - per_sample[key] for key in per_sample}
+
+    def part(counts, region, kind="activations"):
+        return counts.get((region, kind), 0)
+
+    layer_sample = {r: part(per_sample, r) for r in ("encoder layer", "decoder layer")}
+    copies = {r: part(per_step, r, "weight copies") + part(per_sample, r, "weight copies") for r in layer_sample}
+    outside = part(per_sample, "outside the layers")
+    no_checkpointing = layers * sum(layer_sample.values()) + outside
+    # Checkpointed: every layer keeps its input; the encoder output is one tensor all decoder layers share (counted
+    # in `outside`); in backward one layer at a time is recomputed, holding its saved set and, about as large, the
+    # gradients flowing through it.
+    checkpointed = layers * sum(inputs.values()) + outside + 2 * max(layer_sample.values())
+    all_copies = layers * sum(copies.values()) + part(per_step, "outside the layers", "weight copies")
+    return {
+        "per_sample": no_checkpointing,
+        "per_sample_checkpointed": checkpointed,
+        # Full fine-tuning: autocast caches a bf16 copy of every trainable weight for the whole forward, and without
+        # checkpointing autograd keeps them to backward. Frozen weights are cast per use: with LoRA and
+        # checkpointing only the recomputed layer's copies are alive.
+        "copies": all_copies,
+        "copies_checkpointed": all_copies if not setup.rank else max(copies.values()),
+    }
+
+
+def largest_batch(card_gib: int, fixed: float, per_sample: float) -> int:
+    return max(0, int((card_gib * GiB * (1 - HEADROOM) - fixed) // per_sample))
+
+
+def report(label_tokens: int) -> str:
+    rows, fits = [], []
+    for setup in SETUPS:
+        params, acts = parameter_bytes(setup), activation_bytes(setup, label_tokens)
+        static = params["weights"] + params["gradients"] + params["adamw"]
+        print(f"{setup.name}: {params['trainable'] / 1e6:.1f}M trainable, {static / GiB:.2f} GiB static", flush=True)
+        rows.append(
+            f"| {setup.name} | {params['trainable'] / 1e6:,.1f}M ({100 * params['trainable'] / params['total']:.2f} %)"
+            f" | {params['weights'] / GiB:.2f} | {params['gradients'] / GiB:.2f} | {params['adamw'] / GiB:.2f} | "
+            f"**{static / GiB:.2f}** | {acts['copies'] / GiB:.2f} / {acts['copies_checkpointed'] / GiB:.2f} | "
+            f"{acts['per_sample'] / GiB:.2f} / {acts['per_sample_checkpointed'] / GiB:.2f} |"
+        )
+        batches = [
+            largest_batch(card, static + acts[copies], acts[per_sample])
+            for card in CARDS_GIB
+            for copies, per_sample in (("copies", "per_sample"), ("copies_checkpointed", "per_sample_checkpointed"))
+        ]
+        fits.append(f"| {setup.name} | " + " | ".join(map(str, batches)) + " |")
+    card_header = " | ".join(f"{card} GB | {card} GB ckpt" for card in CARDS_GIB)
+    return "\n".join(
+        [
+            HEADER,
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Largest per-device batch by this arithmetic ({HEADROOM:.0%} of the card kept free; ckpt: checkpointed):",
+            "",
+            f"| setup | {card_header} |",
+            "|---|" + "---|" * 2 * len(CARDS_GIB),
+            *fits,
+        ]
+    )
+
+
+def write_results(body: str, command: str, label_tokens: int) -> None:
+    section = "\n".join(
+        [
+            SECTION,
+            "",
+            f"- Command: `{command}`",
+            f"- Machine: {platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
+            + f"transformers {transformers.__version__}, peft {peft.__version__}.",
+            "- **No GPU.** Parameters and bytes are arithmetic on the large-v3 config (built on the meta device). "
+            + "Activations are the tensors autograd saves in a bf16-autocast forward on the CPU of a model of "
+            + f"large-v3's width with one layer per stack, times 32 layers, at {label_tokens} label tokens and 30 s "
+            + "of log-mel per sample; with checkpointing they are assembled from those counts (an estimate).",
+            "- The dropout 0.05 row is counted on the CPU, where dropout saves its mask in the input's dtype (bf16); "
+            + "CUDA saves 1 byte per element, so on a GPU that row's activations are somewhat lower.",
+            "",
+            body,
+            "",
+        ]
+    )
+    text = RESULTS.read_text()
+    start = text.find(SECTION)
+    if start == -1:
+        text = text.rstrip() + "\n\n" + section
+    else:
+        after = re.search(r"^## ", text[start + len(SECTION) :], re.MULTILINE)
+        end = start + len(SECTION) + after.start() if after else len(text)
+        text = text[:start] + section + ("\n" + text[end:] if after else "")
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label_tokens", type=int, default=60, help="decoder tokens per sample")
+    parser.add_argument("--write_results", action="store_true", help=f"write the section into {RESULTS.name}")
+    args = parser.parse_args()
+    body = report(args.label_tokens)
+    print(body)
+    if args.write_results:
+        write_results(body, "python benchmarks/lora_memory.py --write_results", args.label_tokens)
+
+
+if __name__ == "__main__":
+    main()
