@@ -28,6 +28,8 @@ from kspon_dataset.corpus import CORPUS_HOURS, HOMEPAGE, SPLIT_SCHEMES
 from kspon_dataset.kspon_dataset import _CITATION as KSPON_CITATION
 from kspon_dataset.normalize import MODES as DATASET_CONFIGS
 
+from .lora import card_sentence as lora_sentence
+
 logger = logging.getLogger(__name__)
 
 LOGIN_HELP = (
@@ -161,6 +163,7 @@ def write_model_card(
             if metrics.get(split, {}).get("num_scored", size) != size
         ],
         scoring_normalization=scoring_normalization,
+        lora_sentence=lora_sentence(hyperparameters),
         ct2_folders=sorted(p.name for p in output_dir.glob("ct2-*") if (p / "model.bin").is_file()),
         hyperparameters=sorted((k, v) for k, v in hyperparameters.items() if k not in NOT_HYPERPARAMETERS),
         versions=[(name, importlib.metadata.version(name)) for name in FRAMEWORKS],  # all are requirements

@@ -597,3 +597,10 @@ def test_card_shows_faster_whisper_usage_for_an_exported_folder(tmp_path):
     text = _write_card(tmp_path).read_text(encoding="utf-8")
     assert f'snapshot_download("{REPO_ID}", allow_patterns="ct2-int8_float16/*")' in text
     assert 'WhisperModel(path, device="cuda", compute_type="int8_float16")' in text
+
+
+def test_card_says_how_lora_weights_were_made(tmp_path):
+    hyperparameters = {"learning_rate": 1e-4, "lora_rank": 16, "lora_alpha": 32, "lora_mlp": False}
+    text = _write_card(tmp_path, hyperparameters=hyperparameters).read_text(encoding="utf-8")
+    assert "Fine-tuned with LoRA (rank 16, alpha 32) on the attention projections" in text
+    assert "LoRA" not in _write_card(tmp_path, hyperparameters={"lora_rank": 0}).read_text(encoding="utf-8")
