@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from kspon_whisper.data import ModelInputs, load_splits, make_dataloader, speech_batcher
-from kspon_whisper.evaluation import (
+from kspon_whisper.evaluation import evaluate_split, loop_report, write_predictions
+from kspon_whisper.inference import (
     MAX_NEW_TOKENS,
     NUM_BEAMS,
-    evaluate_split,
-    loop_report,
+    GenerationSettings,
+    default_mixed_precision,
     set_korean_transcription,
-    write_predictions,
 )
 from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
 
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     # bf16 autocast on a GPU, as the trainer runs (accelerate_config.yaml); --mixed_precision overrides the launcher.
-    accelerator = Accelerator(mixed_precision=args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    accelerator = Accelerator(mixed_precision=args.mixed_precision or default_mixed_precision(device))
     processor = WhisperProcessor.from_pretrained(args.model)
     model = WhisperForConditionalGeneration.from_pretrained(args.model, attn_implementation=args.attn_implementation)
     set_korean_transcription(model, processor)
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             loader,
             processor,
             model_inputs,
-            num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens,
+            settings=GenerationSettings(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens),
             max_samples=args.max_samples,
         )
         loops = loop_report(result.records)
