@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     processor = WhisperProcessor.from_pretrained(args.model)
     model = WhisperForConditionalGeneration.from_pretrained(args.model, attn_implementation=args.attn_implementation)
     set_korean_transcription(model, processor)
+    settings = GenerationSettings(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    settings.generate_kwargs(model.config, long_form=False)  # a budget that does not fit fails now
     model.to(accelerator.device)
     with accelerator.main_process_first():  # rank 0 indexes the archives first; the others map its cache
         splits = load_splits(args.data_dir, config=args.dataset_config, split_scheme=args.split_scheme, streaming=True)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             loader,
             processor,
             model_inputs,
-            settings=GenerationSettings(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens),
+            settings=settings,
             max_samples=args.max_samples,
         )
         loops = loop_report(result.records)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from transformers import set_seed
+from transformers.utils import logging as transformers_logging
 
 from kspon_whisper.audio import read_audio
 from kspon_whisper.inference import (
@@ -192,4 +193,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # stderr carries this script's reports; transformers would warn once per 30 s window about settings it chose.
+    transformers_logging.set_verbosity_error()
     sys.exit(main())

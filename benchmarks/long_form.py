@@ -124,9 +124,9 @@ def substring_cer(needle: str, haystack: str) -> float:
     return min(previous) / max(len(a), 1)  # ... and end anywhere
 
 
-# What the test decodes with: the untouched base is unsure of every window of this voice (mean log-probability
-# below -1), so the log-probability rule would resample each one and the no-speech rule, which needs it, would skip
-# windows as silence (both measured below).
+# What the test decodes with: the untouched base is unsure of this voice (mean log-probability below -1), so the
+# log-probability rule resamples its windows and the no-speech rule, which needs it, skips some as silence (both
+# measured below).
 TEST_SETTINGS = {"logprob_threshold": None, "no_speech_threshold": None}
 LONG_FORM_VARIANTS = {
     "long form, default settings": {},
@@ -204,7 +204,7 @@ def report(measured: dict, command: str, device: str) -> str:
         f"- Command: `{command}`",
         (
             f"- Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), device {device}, "
-            f"torch {torch.__version__}, 1 thread (OMP_NUM_THREADS=1); 1-minute load average "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s); 1-minute load average "
             f"{os.getloadavg()[0]:.1f} at the end (shared machine)."
         ),
         (
@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         soundfile.write(args.save_audio, build_long_audio(read_clips()).samples, SAMPLE_RATE)
         return
     measured = measure(args.model, args.device)
-    command = "python benchmarks/long_form.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    command = f"{threads}python benchmarks/long_form.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = report(measured, command.strip(), args.device)
     print(section)
     for name, *_, text in measured["rows"]:

@@ -84,8 +84,12 @@ class GenerationSettings:
                 f"(max_target_positions), {PROMPT_TOKENS} of them for the prompt; use at most "
                 f"{positions - PROMPT_TOKENS}."
             )
-        kwargs = {"language": LANGUAGE, "task": TASK, "num_beams": self.num_beams}
-        kwargs["max_new_tokens"] = self.max_new_tokens
+        kwargs = {
+            "language": LANGUAGE,
+            "task": TASK,
+            "num_beams": self.num_beams,
+            "max_new_tokens": self.max_new_tokens,
+        }
         if self.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if not long_form:
@@ -127,7 +131,7 @@ def autocast(device: torch.device | str, mixed_precision: str) -> contextlib.Abs
 
 
 class ModelNotFoundError(ValueError):
-    pass
+    """`load_model` found no checkpoint: the message says where it looked."""
 
 
 def load_model(

@@ -6,13 +6,13 @@ KsponSpeech_372003 (음 그건 좀 생각해 볼게) spanning 29.03-30.97 s. It 
 Measured on it (2-core CPU, benchmarks/RESULTS.md "Long-form transcription"): the untouched base scores CER 0.461 with
 each clip decoded alone and 0.588 in long form; the old blind 30 s windows score 0.967, because decoded without
 timestamps Whisper stops after the first phrase of a window. The straddling clip's own hypothesis is found in the
-long-form text with substring CER 0.33 (one edit in three: the base model hears it slightly differently in context)
-and not at all (1.0) in the old output. The bounds below sit between the two, with room for a few characters to flip
-on another CPU or library version.
+long-form text with substring CER 0.33 (3 of its 9 characters differ: the base model hears it slightly differently
+in context) and not at all (1.0) in the old output. The bounds below sit between the two, with room for a few
+characters to flip on another CPU or library version. The long-form decode takes ~25 s (1 thread, load 7).
 
-The base model is unsure of every window of this voice (mean token log-probability below -1), so the test turns the
-log-probability rule off: with it, every window is resampled at rising temperatures (3.6x the time), and the
-no-speech rule that depends on it skips two of the three windows as silence (CER 0.988; RESULTS.md).
+The base model is unsure of this voice (mean token log-probability below -1), so the test turns the log-probability
+rule off, and the no-speech rule that applies only under it: with them, windows are resampled at rising temperatures
+(3.4x the time, for the same CER) and two of the three are skipped as silence (CER 0.988; RESULTS.md).
 """
 
 import json
