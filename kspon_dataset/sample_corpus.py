@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .corpus import SAMPLE_RATE, pcm_samples
 from .normalize import normalize_transcript
 
 try:
@@ -45,7 +46,6 @@ try:
 except ImportError:  # the bar is a nicety; generation works without it
     tqdm = None
 
-SAMPLE_RATE = 16_000
 ZIP_DATE_TIME = (2018, 7, 1, 0, 0, 0)  # fixed, so two runs with one seed write identical archives
 EVAL_ROOT = "KsponSpeech_eval"
 SCRIPTS_ZIP = "KsponSpeech_scripts.zip"
@@ -469,7 +469,7 @@ def espeak_pcm(text: str) -> bytes:
     # -D: no dither, whose random noise would make two runs differ.
     sox = f"sox -D -V1 -t wav - -t raw -r {SAMPLE_RATE} -e signed -b 16 -c 1 -L -".split()
     raw = subprocess.run(sox, input=wav.stdout, capture_output=True, check=True).stdout
-    return _trim_silence(np.frombuffer(raw, dtype="<i2")).tobytes()
+    return _trim_silence(pcm_samples(raw)).tobytes()
 
 
 def tone_pcm(text: str, uid: str, seed: int = 0) -> bytes:
