@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from evaluate_clips import CLIPS, SAMPLE_CORPUS, only
-from transformers import WhisperConfig, WhisperProcessor
+from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 import transcribe
 from kspon_dataset.corpus import read_utterance
@@ -24,6 +24,7 @@ from kspon_whisper.inference import (
     default_mixed_precision,
     load_model,
 )
+from kspon_whisper.tiny import whisper_config
 
 SHORT_KEYS = {"language", "task", "num_beams", "max_new_tokens"}
 
@@ -86,22 +87,26 @@ def test_autocast_is_bf16_on_cuda_only_and_leaves_weights_fp32():
         autocast("cpu", "fp8")
 
 
-def test_conditioned_long_form_never_overflows_the_decoder(tiny_whisper_dir):
-    """A model that always says the same syllable never stops: every 30 s window fills its budget and the next one is
-    prompted with the longest previous text transformers keeps. Without the shrunken budget, generate raises."""
-    model, processor = load_model(str(tiny_whisper_dir), "cpu")
+def test_conditioned_long_form_never_overflows_the_decoder(offline_whisper_dir):
+    """A model that always says the same syllable never stops, so every 30 s window fills its budget and the third
+    is prompted with the longest previous text transformers keeps. A small decoder (64 positions) keeps it quick and
+    shows the budget comes from the config: without the shrunken budget, or one token more, generate raises."""
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(whisper_config("test", max_target_positions=64)).eval()
+    model.generation_config = GenerationConfig.from_pretrained(offline_whisper_dir)
+    processor = WhisperProcessor.from_pretrained(offline_whisper_dir)
     syllable = processor.tokenizer.encode(" 아", add_special_tokens=False)[0]
     model.proj_out = torch.nn.Linear(model.config.d_model, model.config.vocab_size)
     torch.nn.init.zeros_(model.proj_out.weight)
     with torch.no_grad():
         model.proj_out.bias.copy_(torch.nn.functional.one_hot(torch.tensor(syllable), model.config.vocab_size) * 50.0)
-    settings = GenerationSettings(max_new_tokens=300, temperatures=(0.0,), condition_on_prev_tokens=True)
-    noise = np.random.default_rng(0).normal(0, 0.1, 16_000 * 31).astype(np.float32)
+    settings = GenerationSettings(max_new_tokens=60, temperatures=(0.0,), condition_on_prev_tokens=True)
+    noise = np.random.default_rng(0).normal(0, 0.1, 16_000 * 65).astype(np.float32)
     [result] = Transcriber(model, processor, settings)([noise])
-    assert [(s.start, s.end) for s in result.segments] == [(0.0, 30.0), (30.0, 31.0)]
-    # Each window's budget: 448 positions - 223 previous tokens - <|startofprev|> - 3 prompt tokens = 221, one of
-    # them the opening timestamp; the first window is budgeted alike.
-    assert [s.text.split() for s in result.segments] == [["아"] * 220] * 2
+    assert [(s.start, s.end) for s in result.segments] == [(0.0, 30.0), (30.0, 60.0), (60.0, 65.0)]
+    # Each window's budget: 64 positions - 31 previous tokens - <|startofprev|> - 3 prompt tokens = 29, one of them
+    # the opening timestamp. The third window's prompt is the longest: 35 tokens, + 29 = 64.
+    assert [s.text.split() for s in result.segments] == [["아"] * 28] * 3
 
 
 def test_segments_stay_inside_the_audio(offline_whisper_dir):
