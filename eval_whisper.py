@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from kspon_whisper.data import ModelInputs, load_splits, make_dataloader, speech_batcher
-from kspon_whisper.evaluation import (
+from kspon_whisper.evaluation import evaluate_split, loop_report, write_predictions
+from kspon_whisper.inference import (
     MAX_NEW_TOKENS,
     NUM_BEAMS,
-    evaluate_split,
-    loop_report,
+    GenerationSettings,
+    default_mixed_precision,
     set_korean_transcription,
-    write_predictions,
 )
 from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
 
@@ -84,10 +84,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     # bf16 autocast on a GPU, as the trainer runs (accelerate_config.yaml); --mixed_precision overrides the launcher.
-    accelerator = Accelerator(mixed_precision=args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    accelerator = Accelerator(mixed_precision=args.mixed_precision or default_mixed_precision(device))
     processor = WhisperProcessor.from_pretrained(args.model)
     model = WhisperForConditionalGeneration.from_pretrained(args.model, attn_implementation=args.attn_implementation)
     set_korean_transcription(model, processor)
+    settings = GenerationSettings(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    settings.generate_kwargs(model.config, long_form=False)  # a budget that does not fit fails now
     model.to(accelerator.device)
     with accelerator.main_process_first():  # rank 0 indexes the archives first; the others map its cache
         splits = load_splits(args.data_dir, config=args.dataset_config, split_scheme=args.split_scheme, streaming=True)
@@ -130,8 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             loader,
             processor,
             model_inputs,
-            num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens,
+            settings=settings,
             max_samples=args.max_samples,
         )
         loops = loop_report(result.records)

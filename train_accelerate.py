@@ -49,14 +49,9 @@ from transformers import HfArgumentParser, WhisperForConditionalGeneration, Whis
 
 from kspon_whisper.checkpoints import load_loop_state, resolve_checkpoint, save_checkpoint
 from kspon_whisper.data import ModelInputs, PassCounter, load_splits, make_dataloader, set_epoch, speech_batcher
-from kspon_whisper.evaluation import (
-    MAX_NEW_TOKENS,
-    NUM_BEAMS,
-    evaluate_split,
-    set_korean_transcription,
-    write_predictions,
-)
+from kspon_whisper.evaluation import evaluate_split, write_predictions
 from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
+from kspon_whisper.inference import MAX_NEW_TOKENS, NUM_BEAMS, GenerationSettings, set_korean_transcription
 from kspon_whisper.lora import add_lora, merge_lora, parameter_line
 from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
 
@@ -367,6 +362,8 @@ class Trainer:
         self.cfg, self.accelerator = cfg, accelerator
         self.output_dir = Path(cfg.output_dir)
         self.model, self.processor = load_model(cfg)
+        self.generation = GenerationSettings(num_beams=cfg.num_beams, max_new_tokens=cfg.generation_max_new_tokens)
+        self.generation.generate_kwargs(self.model.config, long_form=False)  # a budget that does not fit fails now
         self.model_inputs = ModelInputs(self.processor, accelerator.device)
         self.batcher = speech_batcher(
             self.processor,
@@ -570,8 +567,7 @@ class Trainer:
             self.loader(split),
             self.processor,
             self.model_inputs,
-            num_beams=self.cfg.num_beams,
-            max_new_tokens=self.cfg.generation_max_new_tokens,
+            settings=self.generation,
             max_samples=max_samples,
         )
         metrics = result.metrics

@@ -1,53 +1,80 @@
-"""Transcribe Korean audio files with a fine-tuned Whisper: one line per file, `path<TAB>text`.
+"""Transcribe Korean audio files of any length with a fine-tuned Whisper, as text, JSON, SRT or VTT.
 
-    python transcribe.py --model runs/ko-large-v3 clip1.wav clip2.flac KsponSpeech_000001.pcm
-    python transcribe.py --model me/whisper-large-v3-ko --num_beams 5 --no_repeat_ngram_size 3 *.wav
+    python transcribe.py --model runs/ko-large-v3 clip1.wav clip2.flac KsponSpeech_000001.pcm   # path<TAB>text
+    python transcribe.py --model me/whisper-large-v3-ko --format srt --output_dir subs lecture.flac
+    python transcribe.py --model runs/ko-large-v3 --format json --num_beams 5 *.wav > transcripts.jsonl
 
 `.wav`/`.flac` (any sample rate, any channel count) are resampled to 16 kHz mono; `.pcm` is read as KsponSpeech's
-headerless 16 kHz signed 16-bit little-endian mono. Audio longer than 30 s is cut into 30 s windows.
+headerless 16 kHz signed 16-bit little-endian mono. Clips of 30 s or less are decoded in batches exactly as the
+trainer evaluates them; longer audio goes through Whisper's long-form decoding (timestamps, temperature fallback),
+which returns timed segments (`kspon_whisper.inference`).
+
+Output: `text` prints `path<TAB>text` per file and `json` one {"path", "text", "segments": [{"start", "end",
+"text"}]} object per line, both on stdout; `srt` and `vtt` write a subtitle file per input, next to it
+(`talk.wav` -> `talk.srt`). With `--output_dir D` every format writes one file per input instead: D/talk.txt,
+.json, .srt or .vtt. A file that cannot be read is reported on stderr and the others go on; the exit code is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import librosa
-import numpy as np
-import soundfile as sf
 import torch
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
+from transformers import set_seed
+from transformers.utils import logging as transformers_logging
 
-SAMPLE_RATE = 16_000
-WINDOW = 30 * SAMPLE_RATE
-AUDIO_SUFFIXES = (".wav", ".flac", ".pcm")
+from kspon_whisper.audio import read_audio
+from kspon_whisper.inference import (
+    MAX_NEW_TOKENS,
+    GenerationSettings,
+    ModelNotFoundError,
+    Segment,
+    Transcriber,
+    Transcript,
+    load_model,
+)
 
-
-def read_audio(path: Path) -> np.ndarray:
-    """16 kHz mono float32 in [-1, 1]."""
-    suffix = path.suffix.lower()
-    if suffix not in AUDIO_SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {AUDIO_SUFFIXES}.")
-    if suffix == ".pcm":
-        data = path.read_bytes()
-        return np.frombuffer(data[: len(data) - len(data) % 2], dtype="<i2").astype(np.float32) / 32768.0
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    return librosa.resample(audio, orig_sr=rate, target_sr=SAMPLE_RATE) if rate != SAMPLE_RATE else audio
+FORMATS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
 
 
-def windows(paths: list[Path]) -> Iterator[tuple[int, np.ndarray, bool]]:
-    """(file index, ≤30 s window, is the file's last window) for every window of every file, in order."""
-    for index, path in enumerate(paths):
-        audio = read_audio(path)
-        starts = range(0, max(len(audio), 1), WINDOW)
-        for start in starts:
-            yield index, audio[start : start + WINDOW], start == starts[-1]
+def timestamp(seconds: float, decimal: str) -> str:
+    """`HH:MM:SS,mmm` (SRT, decimal ",") or `HH:MM:SS.mmm` (WebVTT, decimal ".")."""
+    milliseconds = round(seconds * 1000)
+    hours, milliseconds = divmod(milliseconds, 3_600_000)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{milliseconds // 1000:02d}{decimal}{milliseconds % 1000:03d}"
 
 
-def batched(items: Iterator, size: int) -> Iterator[list]:
+def to_srt(segments: list[Segment]) -> str:
+    cues = [
+        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{s.text}\n" for i, s in enumerate(segments, 1)
+    ]
+    return "\n".join(cues)
+
+
+def to_vtt(segments: list[Segment]) -> str:
+    cues = [f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{s.text}\n" for s in segments]
+    return "\n".join(["WEBVTT\n", *cues])
+
+
+def to_json(path: Path, transcript: Transcript) -> str:
+    segments = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in transcript.segments]
+    return json.dumps({"path": str(path), "text": transcript.text, "segments": segments}, ensure_ascii=False)
+
+
+def render(fmt: str, path: Path, transcript: Transcript) -> str:
+    if fmt == "srt":
+        return to_srt(transcript.segments)
+    if fmt == "vtt":
+        return to_vtt(transcript.segments)
+    return to_json(path, transcript) + "\n" if fmt == "json" else transcript.text + "\n"
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
     batch = []
     for item in items:
         batch.append(item)
@@ -58,52 +85,114 @@ def batched(items: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-@torch.no_grad()
 def transcribe(
-    paths: list[Path], model, processor, *, batch_size: int, **generate_kwargs
-) -> Iterator[tuple[Path, str]]:
-    """Yield (path, transcript) per file, in order, as soon as its last window is decoded."""
-    pieces: list[str] = []
-    for batch in batched(windows(paths), batch_size):
-        features = processor.feature_extractor(
-            [audio for _, audio, _ in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_features.to(model.device, model.dtype)
-        tokens = model.generate(features, language="ko", task="transcribe", **generate_kwargs)
-        for (index, _, last), text in zip(
-            batch, processor.batch_decode(tokens, skip_special_tokens=True), strict=True
-        ):
-            pieces.append(text.strip())
-            if last:
-                yield paths[index], " ".join(pieces)
-                pieces = []
+    paths: list[Path], transcriber: Transcriber, batch_size: int
+) -> Iterator[tuple[Path, Transcript | str]]:
+    """(path, transcript), or (path, why it cannot be read), per file in order; `batch_size` files read at a time."""
+    for chunk in batched(paths, batch_size):
+        audios, failed = {}, {}
+        for path in chunk:
+            try:
+                audios[path] = read_audio(path)
+            except (OSError, ValueError) as err:
+                failed[path] = str(err)
+        transcripts = dict(zip(audios, transcriber(list(audios.values())), strict=True)) if audios else {}
+        for path in chunk:
+            yield path, failed[path] if path in failed else transcripts[path]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help=".wav, .flac or KsponSpeech .pcm files")
     parser.add_argument("--model", required=True, help="output_dir of train_accelerate.py, or a Hub model id")
+    parser.add_argument("--format", default="text", choices=FORMATS, help="what to write per file (see above)")
+    parser.add_argument("--output_dir", type=Path, help="write one file per input here instead (see above)")
     parser.add_argument("--num_beams", type=int, default=1, help="beam size (1: greedy)")
     parser.add_argument("--no_repeat_ngram_size", type=int, default=0, help="forbid repeating n-grams (0: off)")
-    parser.add_argument("--batch_size", type=int, default=8, help="30 s windows decoded together")
-    parser.add_argument("--max_new_tokens", type=int, default=225, help="cap on tokens per window")
+    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="per clip or 30 s window")
+    parser.add_argument(
+        "--condition_on_previous_text",
+        action="store_true",
+        help="long form: prompt each 30 s window with the text before it (more consistent, but a loop can carry on)",
+    )
+    parser.add_argument(
+        "--logprob_threshold",
+        type=threshold,
+        default=GenerationSettings.logprob_threshold,
+        help="long form: redo a window at a higher temperature when its mean token log-probability is below this "
+        "('off': never)",
+    )
+    parser.add_argument(
+        "--no_speech_threshold",
+        type=threshold,
+        default=GenerationSettings.no_speech_threshold,
+        help="long form: skip a window as silence when <|nospeech|> is more likely than this and the window's text "
+        "is below --logprob_threshold ('off': never)",
+    )
+    parser.add_argument("--batch_size", type=int, default=8, help="files decoded together")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="for the sampled retries of long-form decoding")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    try:
+        args.settings = GenerationSettings(
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            no_repeat_ngram_size=args.no_repeat_ngram_size,
+            condition_on_prev_tokens=args.condition_on_previous_text,
+            logprob_threshold=args.logprob_threshold,
+            no_speech_threshold=args.no_speech_threshold,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    outputs = [output_path(path, args) for path in args.files]
+    if writes_files(args) and len(set(outputs)) < len(outputs):
+        parser.error("two inputs would write the same output file; give them different names or run them apart")
+    return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def threshold(value: str) -> float | None:
+    return None if value.lower() == "off" else float(value)
+
+
+def writes_files(args: argparse.Namespace) -> bool:
+    return args.output_dir is not None or args.format in ("srt", "vtt")
+
+
+def output_path(path: Path, args: argparse.Namespace) -> Path:
+    beside = path.with_suffix(FORMATS[args.format])
+    return beside if args.output_dir is None else args.output_dir / beside.name
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [str(p) for p in args.files if not p.is_file()]
-    if missing:
-        sys.exit(f"No such file(s): {', '.join(missing)}")
-    processor = WhisperProcessor.from_pretrained(args.model)
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    model = WhisperForConditionalGeneration.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
-    generate_kwargs = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
-    if args.no_repeat_ngram_size:
-        generate_kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
-    for path, text in transcribe(args.files, model, processor, batch_size=args.batch_size, **generate_kwargs):
-        print(f"{path}\t{text}", flush=True)
+    try:
+        model, processor = load_model(args.model, args.device)
+    except ModelNotFoundError as err:
+        sys.exit(f"transcribe.py: {err}")
+    set_seed(args.seed)
+    transcriber = Transcriber(model, processor, args.settings)
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    unreadable = 0
+    for path, result in transcribe(args.files, transcriber, args.batch_size):
+        if isinstance(result, str):
+            unreadable += 1
+            print(f"transcribe.py: cannot read {path}: {result}", file=sys.stderr, flush=True)
+        elif writes_files(args):
+            output_path(path, args).write_text(render(args.format, path, result), encoding="utf-8")
+            print(f"{path} -> {output_path(path, args)}", file=sys.stderr, flush=True)
+        elif args.format == "json":
+            print(to_json(path, result), flush=True)
+        else:
+            print(f"{path}\t{result.text}", flush=True)
+    if unreadable:
+        print(f"transcribe.py: {unreadable} of {len(args.files)} files could not be read", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 if __name__ == "__main__":
-    main()
+    # stderr carries this script's reports; transformers would warn once per 30 s window about settings it chose.
+    transformers_logging.set_verbosity_error()
+    sys.exit(main())

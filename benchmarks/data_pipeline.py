@@ -33,14 +33,13 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import psutil
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/data_pipeline.py`, the repo packages are not installed
 
-from kspon_dataset.corpus import SAMPLE_RATE, eval_split_of, utterance_split  # noqa: E402
+from kspon_dataset.corpus import SAMPLE_RATE, eval_split_of, pcm_samples, utterance_split  # noqa: E402
 
 RESULTS_FILE = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Data pipeline"
@@ -138,8 +137,7 @@ def phase_unzip(spec: dict) -> dict:
     for pcm_path in sorted(extracted.rglob("*.pcm")):
         if not (txt_path := pcm_path.with_suffix(".txt")).exists():
             continue
-        pcm = pcm_path.read_bytes()
-        audio = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2")
+        audio = pcm_samples(pcm_path.read_bytes())
         wav_path = out / "wav" / pcm_path.relative_to(extracted).with_suffix(".wav")
         wav_path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(wav_path, audio, SAMPLE_RATE, subtype="PCM_16")

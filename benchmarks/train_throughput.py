@@ -41,7 +41,7 @@ from transformers import (
     WhisperProcessor,
 )
 
-from kspon_dataset.corpus import read_utterance
+from kspon_dataset.corpus import pcm_samples, read_utterance
 from kspon_whisper.collator import WhisperCollator
 from kspon_whisper.data import load_splits
 from kspon_whisper.flops import mfu, whisper_training_flops
@@ -72,7 +72,7 @@ def make_examples(processor: WhisperProcessor, count: int, seed: int = 0) -> lis
     """Sample-corpus clips joined until their labels hold 30-60 tokens (KsponSpeech's range), ≤ 30 s of audio."""
     train = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)["train"].data
     rows = [
-        (np.frombuffer(ex["pcm"], "<i2"), ex["text"])
+        (pcm_samples(ex["pcm"]), ex["text"])
         for i in range(len(train))
         if (ex := read_utterance(train, i, "spelling")[0])
     ]

@@ -75,6 +75,15 @@ def pcm_duration_seconds(num_bytes: int) -> float:
     return (num_bytes - num_bytes % 2) / BYTES_PER_SECOND
 
 
+def pcm_samples(pcm: bytes | memoryview) -> np.ndarray:
+    """int16 samples of headerless 16 kHz s16le mono PCM, without a copy; a dangling odd byte is dropped.
+
+    The one PCM decoder: the trainer's streamed reads, `kspon_whisper.audio` (.pcm files, the loading script's WAVs)
+    and transcription all read samples through it.
+    """
+    return np.frombuffer(pcm, dtype="<i2", count=len(pcm) // 2)
+
+
 def pcm_to_wav(pcm: bytes) -> bytes:
     """Wrap headerless 16 kHz s16le mono PCM in a 44-byte WAV header, dropping a dangling odd byte."""
     pcm = pcm[: len(pcm) - len(pcm) % 2]

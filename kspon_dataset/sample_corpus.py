@@ -39,7 +39,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .corpus import EVAL_ARCHIVE, EVAL_CLEAN_LAST, SAMPLE_RATE, SCRIPTS_ARCHIVE, ZIP_LAST_FOLDERS, eval_split_of
+from .corpus import (
+    EVAL_ARCHIVE,
+    EVAL_CLEAN_LAST,
+    SAMPLE_RATE,
+    SCRIPTS_ARCHIVE,
+    ZIP_LAST_FOLDERS,
+    eval_split_of,
+    pcm_samples,
+)
 from .normalize import normalize_transcript
 
 SENTENCE_BANK = tuple(Path(__file__).with_name("sample_sentences.txt").read_text(encoding="utf-8").splitlines())
@@ -175,7 +183,7 @@ def espeak_pcm(text: str) -> bytes:
     # -D: no dither, whose random noise would make two runs differ.
     sox = f"sox -D -V1 -t wav - -t raw -r {SAMPLE_RATE} -e signed -b 16 -c 1 -L -".split()
     raw = subprocess.run(sox, input=wav.stdout, capture_output=True, check=True).stdout
-    samples = np.frombuffer(raw, dtype="<i2")
+    samples = pcm_samples(raw)
     loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
     if loud.size:  # keep 80 ms around the speech
         margin = int(0.08 * SAMPLE_RATE)

@@ -16,27 +16,31 @@ training loop (`ranked_batches`).
 
 from __future__ import annotations
 
-import io
-import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import datasets
 import numpy as np
-import soundfile
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import WhisperProcessor
 
 from kspon_dataset import KsponSpeech, load_kspon
-from kspon_dataset.corpus import READ_REASONS, SAMPLE_RATE, SKIP_REASONS, Selection, kept_line, read_utterance
+from kspon_dataset.corpus import (
+    READ_REASONS,
+    SAMPLE_RATE,
+    SKIP_REASONS,
+    Selection,
+    kept_line,
+    pcm_samples,
+    read_utterance,
+)
 
+from .audio import wav_samples
 from .collator import WhisperCollator
 from .log_mel import LogMelSpectrogram
 
-# The fmt chunk body of 16 kHz mono signed 16-bit PCM: format 1, 1 channel, rate, byte rate, block align, bits.
-_PCM16_MONO_16K_FMT = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, 2 * SAMPLE_RATE, 2, 16)
 MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
 KEEP_COLUMNS = ("id", "audio", "text")
 # What a pass counts as its batches go by (the index's drops are known before it), in a fixed order for one all-reduce.
@@ -72,16 +76,6 @@ def _raw_audio(split: datasets.Dataset) -> datasets.Dataset:
     if isinstance(split.features["audio"], datasets.Audio):  # else already the plain {bytes, path} column
         split = split.cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE, decode=False))
     return split
-
-
-def wav_samples(data: bytes) -> np.ndarray:
-    """int16 samples of a 16 kHz mono WAV; the loading script writes a plain 44-byte header, read without a copy."""
-    if data[:4] == b"RIFF" and data[20:36] == _PCM16_MONO_16K_FMT and data[36:40] == b"data":
-        return np.frombuffer(data, dtype="<i2", offset=44)
-    samples, rate = soundfile.read(io.BytesIO(data), dtype="int16")
-    if rate != SAMPLE_RATE or samples.ndim != 1:
-        raise ValueError(f"Expected 16 kHz mono audio, got {rate} Hz with shape {samples.shape}.")
-    return samples
 
 
 def rank_order(n: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool) -> np.ndarray:
@@ -146,8 +140,7 @@ class UtteranceStream(torch.utils.data.IterableDataset):
             if example is None:
                 yield {"id": self.split.data.utterance(int(positions[i]))[2], "skip": reason}
                 continue
-            pcm = example["pcm"]
-            yield {"id": example["id"], "audio": np.frombuffer(pcm, "<i2", len(pcm) // 2), "text": example["text"]}
+            yield {"id": example["id"], "audio": pcm_samples(example["pcm"]), "text": example["text"]}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

@@ -1,7 +1,8 @@
 """Generate transcripts for a split, score them, and keep every prediction.
 
-The one decoding path of the project: the trainer's evaluations and `eval_whisper.py` both call `evaluate_split`, with
-the generation settings below and the Accelerator's mixed precision (autocast around fp32 weights).
+The trainer's evaluations and `eval_whisper.py` both call `evaluate_split`. Batches are decoded by
+`inference.decode_clips`, as `transcribe.py` decodes clips: the same `GenerationSettings`, and the Accelerator's
+mixed precision as autocast around fp32 weights.
 """
 
 from __future__ import annotations
@@ -21,23 +22,10 @@ from tqdm.auto import tqdm
 from transformers import WhisperProcessor
 
 from .data import PassCounter, Split
+from .inference import DEFAULT_SETTINGS, GenerationSettings, decode_clips
 from .metrics import loop_reason, score
 
-LANGUAGE, TASK = "ko", "transcribe"
-NUM_BEAMS = 1  # greedy unless asked: beams multiply generation time for a small gain on fine-tuned Whisper
-MAX_NEW_TOKENS = 225  # Whisper's 448 decoder positions, halved; a KsponSpeech utterance needs at most ~150 tokens
 LOOP_EXAMPLES = 3  # runaway hypotheses quoted per split
-
-
-def set_korean_transcription(model: torch.nn.Module, processor: WhisperProcessor | None = None) -> None:
-    """Korean transcription for `generate` and for the labels, whatever language or task the checkpoint was saved
-    with; forced decoder ids (set in older checkpoints such as openai/whisper-large-v2) would override both."""
-    if processor is not None:
-        processor.tokenizer.set_prefix_tokens(language=LANGUAGE, task=TASK, predict_timestamps=False)
-    model.generation_config.language = LANGUAGE
-    model.generation_config.task = TASK
-    model.generation_config.forced_decoder_ids = None
-    model.config.forced_decoder_ids = None
 
 
 @dataclass
@@ -58,8 +46,7 @@ def evaluate_split(
     processor: WhisperProcessor,
     model_inputs: Callable[[dict], dict],
     *,
-    num_beams: int = NUM_BEAMS,
-    max_new_tokens: int = MAX_NEW_TOKENS,
+    settings: GenerationSettings = DEFAULT_SETTINGS,
     max_samples: int | None = None,
 ) -> SplitResult:
     """`evaluate` one split's loader and count what the pass kept (every rank must call this)."""
@@ -71,8 +58,7 @@ def evaluate_split(
         counter.counted(batches),
         processor,
         model_inputs,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
+        settings=settings,
         max_samples=max_samples,
         desc=f"eval {name}",
     )
@@ -101,8 +87,7 @@ def evaluate(
     processor: WhisperProcessor,
     model_inputs: Callable[[dict], dict],
     *,
-    num_beams: int = NUM_BEAMS,
-    max_new_tokens: int = MAX_NEW_TOKENS,
+    settings: GenerationSettings = DEFAULT_SETTINGS,
     max_samples: int | None = None,
     desc: str = "eval",
 ) -> tuple[dict[str, float], list[dict]]:
@@ -115,17 +100,10 @@ def evaluate(
     for batch in tqdm(batches, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
         if not batch["id"]:
             continue
-        with accelerator.autocast():
-            tokens = generator.generate(
-                **model_inputs(batch),
-                language=LANGUAGE,
-                task=TASK,
-                num_beams=num_beams,
-                max_new_tokens=max_new_tokens,
-            )
-        hypotheses = processor.batch_decode(tokens, skip_special_tokens=True)
+        features = model_inputs(batch)["input_features"]
+        hypotheses = decode_clips(generator, processor, features, settings, accelerator.mixed_precision)
         records += [
-            {"id": uid, "reference": ref, "hypothesis": hyp.strip()}
+            {"id": uid, "reference": ref, "hypothesis": hyp}
             for uid, ref, hyp in zip(batch["id"], batch["text"], hypotheses, strict=True)
         ]
         if budget is not None and len(records) >= budget:

@@ -6,6 +6,8 @@ turns it into the exact `input_features` the extractor would have produced:
 
     log_mel = LogMelSpectrogram(feature_extractor).to(accelerator.device)
     input_features = log_mel(batch.pop("input_audio"))
+
+Inference (`kspon_whisper.inference`) uses the same module, with `pad_or_trim=False` for audio longer than 30 s.
 """
 
 import torch
@@ -20,8 +22,11 @@ class LogMelSpectrogram(torch.nn.Module):
     """Batched equivalent of `WhisperFeatureExtractor.__call__` for 16 kHz mono audio.
 
     Audio of any length is zero-padded or truncated to the extractor's 30 s window before the STFT, as the extractor
-    does, so `forward` returns (batch, n_mels, 3000) float32 whatever the input length or dtype. Keep the module out
-    of `model.half()` / `.to(torch.bfloat16)`: that would round its mel filters, which `forward` cannot undo.
+    does, so `forward` returns (batch, n_mels, 3000) float32 whatever the input length or dtype. With
+    `pad_or_trim=False` the whole batch is kept, as `extractor(..., truncation=False, padding="longest")` keeps it:
+    (batch, n_mels, samples // hop_length), each row normalised over its whole length, and `attention_mask` gives
+    the extractor's mask. Keep the module out of `model.half()` / `.to(torch.bfloat16)`: that would round its mel
+    filters, which `forward` cannot undo.
     """
 
     def __init__(self, feature_extractor: WhisperFeatureExtractor) -> None:
@@ -41,14 +46,16 @@ class LogMelSpectrogram(torch.nn.Module):
         mel_filters = torch.as_tensor(feature_extractor.mel_filters, dtype=torch.float32).T.contiguous()
         self.register_buffer("mel_filters", mel_filters, persistent=False)  # (n_mels, n_fft // 2 + 1)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """Map (batch, samples) int16 or float audio to (batch, n_mels, 3000) float32 log-mel features."""
+    def forward(self, audio: torch.Tensor, pad_or_trim: bool = True) -> torch.Tensor:
+        """Map (batch, samples) int16 or float audio to (batch, n_mels, frames) float32 log-mel features."""
         if audio.dim() != 2:
             raise ValueError(f"audio must be (batch, samples) mono, got shape {tuple(audio.shape)}.")
         # bf16/fp16 STFT and log10 lose the low-energy bins (the 80 dB floor sits ~8 decades below the peak), so the
         # whole computation stays in float32 even when the training step runs under autocast.
         with torch.autocast(device_type=audio.device.type, enabled=False):
-            waveform = self._pad_or_trim(_to_float32(audio))
+            waveform = _to_float32(audio)
+            if pad_or_trim:
+                waveform = self._pad_or_trim(waveform)
             stft = torch.stft(
                 waveform,
                 self.n_fft,
@@ -65,6 +72,12 @@ class LogMelSpectrogram(torch.nn.Module):
             peak = log_spec.amax(dim=(1, 2), keepdim=True)
             log_spec = torch.maximum(log_spec, peak - _DYNAMIC_RANGE)
             return (log_spec + 4.0) / 4.0
+
+    def attention_mask(self, lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(batch, num_frames) int32 mask of the frames that hold audio, for rows of `lengths` samples padded to a
+        common length: the extractor's `return_attention_mask`, which counts a frame when its first sample is audio."""
+        frames = torch.div(lengths + self.hop_length - 1, self.hop_length, rounding_mode="floor").clamp(max=num_frames)
+        return (torch.arange(num_frames, device=lengths.device) < frames[:, None]).int()
 
     def _pad_or_trim(self, waveform: torch.Tensor) -> torch.Tensor:
         # Padding happens before the STFT (not on the spectrogram) because the extractor's reflect padding at the

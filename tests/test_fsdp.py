@@ -22,6 +22,7 @@ from transformers import WhisperForConditionalGeneration
 
 import train_accelerate
 from kspon_whisper.evaluation import evaluate
+from kspon_whisper.inference import GenerationSettings
 from tests.processes import run_output
 from train_accelerate import Trainer, parse_config
 
@@ -116,8 +117,7 @@ def test_fsdp_evaluation_matches_one_process_on_the_saved_model(runs, tone_corpu
             trainer.loader("test"),
             trainer.processor,
             trainer.model_inputs,
-            num_beams=1,
-            max_new_tokens=MAX_NEW_TOKENS,
+            settings=GenerationSettings(num_beams=1, max_new_tokens=MAX_NEW_TOKENS),
         )
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)

@@ -100,3 +100,21 @@ def test_rejects_unsupported_inputs(extractor):
 def test_rejects_a_dithering_extractor():
     with pytest.raises(ValueError, match="dither"):
         LogMelSpectrogram(WhisperFeatureExtractor(feature_size=80, dither=1e-5))
+
+
+# 65.3 s and 41 s (a length that is no multiple of the hop), batched: the whole files, as long-form decoding sees them.
+LONG_SAMPLES = [1_044_800, 656_013]
+
+
+def test_whole_long_audio_matches_the_extractor_without_truncation(extractor):
+    # Louder towards the end, so only a peak taken over the whole file (as the extractor takes it) matches.
+    clips = [_speech_like(n, seed) * np.linspace(0.1, 1, n, dtype=np.float32) for seed, n in enumerate(LONG_SAMPLES)]
+    expected = extractor(
+        clips, sampling_rate=SAMPLING_RATE, truncation=False, padding="longest", return_attention_mask=True
+    )
+    log_mel = LogMelSpectrogram(extractor)
+    features = log_mel(_pad_batch(clips), pad_or_trim=False)
+    assert features.shape == (2, extractor.feature_size, max(LONG_SAMPLES) // extractor.hop_length)
+    torch.testing.assert_close(features, torch.from_numpy(expected["input_features"]), atol=TOLERANCE, rtol=0)
+    mask = log_mel.attention_mask(torch.tensor(LONG_SAMPLES), features.shape[-1])
+    assert torch.equal(mask, torch.from_numpy(expected["attention_mask"]).int())

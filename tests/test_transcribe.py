@@ -1,57 +1,92 @@
-"""transcribe.py on the real offline Whisper: every input format reads the same audio, long files are windowed."""
+"""transcribe.py: the subtitle and JSON writers exactly, and the command line on the real offline Whisper base."""
 
+import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 import transcribe
+from kspon_whisper.inference import Segment, Transcript
 
 CLIP = Path(__file__).parent / "data" / "ko_greeting.wav"
+SEGMENTS = [Segment(1.23, 4.5, "안녕하세요"), Segment(59.9996, 3_723.0451, "반갑습니다")]
+TRANSCRIPT = Transcript("안녕하세요 반갑습니다", SEGMENTS, 3_724.0)
 
 
-@pytest.fixture(scope="module")
-def base(offline_whisper_dir):
-    model = WhisperForConditionalGeneration.from_pretrained(offline_whisper_dir).eval()
-    return model, WhisperProcessor.from_pretrained(offline_whisper_dir)
+def test_srt_is_numbered_cues_with_comma_milliseconds():
+    assert transcribe.to_srt(SEGMENTS) == (
+        "1\n00:00:01,230 --> 00:00:04,500\n안녕하세요\n\n2\n00:01:00,000 --> 01:02:03,045\n반갑습니다\n"
+    )
 
 
-def test_wav_flac_and_pcm_read_the_same_samples(tmp_path):
-    audio, rate = sf.read(CLIP, dtype="int16")
-    assert rate == 16_000
-    (tmp_path / "clip.pcm").write_bytes(audio.astype("<i2").tobytes() + b"\x07")  # odd byte count, as in the corpus
-    sf.write(tmp_path / "clip_44k.flac", np.repeat(audio, 2)[: len(audio) * 2], 32_000)  # any rate is resampled
-    wav, pcm = transcribe.read_audio(CLIP), transcribe.read_audio(tmp_path / "clip.pcm")
-    assert np.array_equal(wav, pcm)
-    flac = transcribe.read_audio(tmp_path / "clip_44k.flac")
-    assert abs(len(flac) - len(wav)) <= 2 and np.abs(flac[: len(wav) - 2] - wav[: len(wav) - 2]).mean() < 0.01
+def test_vtt_has_its_header_and_dot_milliseconds():
+    assert transcribe.to_vtt(SEGMENTS) == (
+        "WEBVTT\n\n00:00:01.230 --> 00:00:04.500\n안녕하세요\n\n00:01:00.000 --> 01:02:03.045\n반갑습니다\n"
+    )
 
 
-def test_formats_transcribe_alike_and_long_audio_is_windowed(base, tmp_path):
-    model, processor = base
+def test_json_keeps_path_text_and_segments_in_milliseconds():
+    line = transcribe.to_json(Path("a/talk.wav"), TRANSCRIPT)
+    assert json.loads(line) == {
+        "path": "a/talk.wav",
+        "text": "안녕하세요 반갑습니다",
+        "segments": [
+            {"start": 1.23, "end": 4.5, "text": "안녕하세요"},
+            {"start": 60.0, "end": 3723.045, "text": "반갑습니다"},
+        ],
+    }
+    assert "안녕하세요" in line  # Hangul as is, not \\u escapes
+
+
+def test_cli_text_prints_one_line_per_file_and_reads_pcm_like_wav(offline_whisper_dir, tmp_path, capsys):
+    audio, _ = sf.read(CLIP, dtype="int16")
+    (tmp_path / "clip.pcm").write_bytes(audio.astype("<i2").tobytes() + b"\x07")
+    options = ["--num_beams", "2", "--no_repeat_ngram_size", "3", "--batch_size", "2"]
+    assert transcribe.main(["--model", str(offline_whisper_dir), *options, str(CLIP), str(tmp_path / "clip.pcm")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(CLIP), str(tmp_path / "clip.pcm")]
+    texts = [line.split("\t")[1] for line in lines]
+    assert texts[0] and texts[0] == texts[1]
+
+
+def test_cli_reports_unreadable_files_and_goes_on(offline_whisper_dir, tmp_path, capsys):
+    (tmp_path / "empty.pcm").write_bytes(b"")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF" + bytes(40))
+    files = [tmp_path / "empty.pcm", tmp_path / "missing.wav", CLIP, tmp_path / "broken.wav"]
+    code = transcribe.main(["--model", str(offline_whisper_dir), "--format", "json", *map(str, files)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [str(CLIP)]
+    for name, why in [("empty.pcm", "holds no audio"), ("missing.wav", "no such file"), ("broken.wav", "cannot be")]:
+        assert f"cannot read {tmp_path / name}: " in err and why in err
+    assert "3 of 4 files could not be read" in err
+
+
+def test_cli_writes_subtitles_per_input(offline_whisper_dir, tmp_path):
     audio, _ = sf.read(CLIP, dtype="int16")
     (tmp_path / "clip.pcm").write_bytes(audio.astype("<i2").tobytes())
-    long = np.concatenate([audio, np.zeros(31 * 16_000 - len(audio), dtype=np.int16), audio])  # > 30 s: 2 windows
-    sf.write(tmp_path / "long.wav", long, 16_000)
-    paths = [CLIP, tmp_path / "clip.pcm", tmp_path / "long.wav"]
-    out = dict(transcribe.transcribe(paths, model, processor, batch_size=2, num_beams=1, max_new_tokens=40))
-    assert list(out) == paths
-    assert out[CLIP] and out[CLIP] == out[tmp_path / "clip.pcm"]
-    assert out[tmp_path / "long.wav"].startswith(out[CLIP])
-    assert len(list(transcribe.windows([tmp_path / "long.wav"]))) == 2
+    out, model = tmp_path / "subs", ["--model", str(offline_whisper_dir)]
+    assert transcribe.main([*model, "--format", "vtt", "--output_dir", str(out), str(tmp_path / "clip.pcm")]) == 0
+    vtt = (out / "clip.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:02.316\n") and len(vtt.splitlines()) == 4
+    assert transcribe.main([*model, "--format", "srt", str(tmp_path / "clip.pcm")]) == 0
+    srt = (tmp_path / "clip.srt").read_text()  # beside the input without --output_dir
+    assert srt == f"1\n00:00:00,000 --> 00:00:02,316\n{vtt.splitlines()[3]}\n"
 
 
-def test_cli_prints_one_line_per_file(offline_whisper_dir, capsys):
-    options = ["--num_beams", "2", "--no_repeat_ngram_size", "3"]
-    transcribe.main(["--model", str(offline_whisper_dir), *options, str(CLIP)])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{CLIP}\t") and len(lines[0].split("\t")[1]) > 0
+def test_a_model_that_is_not_there_is_one_line_not_a_traceback(tmp_path):
+    for model in (str(tmp_path), str(tmp_path / "no" / "such" / "dir"), "nobody/no-such-model"):
+        with pytest.raises(SystemExit, match=f"no model at {model}: it is neither a folder"):
+            transcribe.main(["--model", model, str(CLIP)])
 
 
-def test_unsupported_and_missing_files_say_so(tmp_path):
-    with pytest.raises(ValueError, match=r"unsupported file type '\.mp3'"):
-        transcribe.read_audio(tmp_path / "x.mp3")
-    with pytest.raises(SystemExit, match="No such file"):
-        transcribe.main(["--model", "unused", str(tmp_path / "missing.wav")])
+def test_bad_options_fail_before_loading_anything(tmp_path, capsys):
+    for options, message in [
+        (["--max_new_tokens", "0"], "max_new_tokens must be at least 1"),
+        (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--output_dir", str(tmp_path), str(tmp_path / "a" / "x.wav"), str(tmp_path / "b" / "x.pcm")], "same output"),
+    ]:
+        with pytest.raises(SystemExit):
+            transcribe.parse_args(["--model", "unused", *options, str(CLIP)])
+        assert message in capsys.readouterr().err
