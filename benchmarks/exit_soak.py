@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kspon_dataset.sample_corpus import write_corpus  # noqa: E402
-from kspon_whisper.tiny import save_random_whisper  # noqa: E402
+from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
 from tests.processes import run_command  # noqa: E402
 from tests.test_two_process import DATA_ARGS, ENV, two_process_command  # noqa: E402
 from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402

@@ -45,7 +45,7 @@ echo "== 2/2 the training loop: 2 steps, checkpoint, final save, evaluation"
 model=models/whisper-base
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
     model="$out/tiny-whisper"  # 2 random layers with the real processor: seconds on a CPU
-    "$PYTHON" -c "from kspon_whisper.tiny import save_random_whisper as s; s('test', 'models/whisper-base', '$model')"
+    "$PYTHON" -c "from kspon_whisper.random_whisper import save_random_whisper as s; s('test', 'models/whisper-base', '$model')"
 fi
 rm -rf "$out/loop"
 loop_start=$(date +%s)

@@ -30,7 +30,7 @@ import transformers
 from transformers import WhisperForConditionalGeneration
 
 from kspon_whisper.lora import add_lora
-from kspon_whisper.tiny import ARCHITECTURES, whisper_config
+from kspon_whisper.random_whisper import ARCHITECTURES, whisper_config
 from train_accelerate import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

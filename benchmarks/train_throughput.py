@@ -46,7 +46,7 @@ from kspon_whisper.collator import WhisperCollator
 from kspon_whisper.data import load_splits
 from kspon_whisper.flops import mfu, whisper_training_flops
 from kspon_whisper.log_mel import LogMelSpectrogram
-from kspon_whisper.tiny import whisper_config
+from kspon_whisper.random_whisper import whisper_config
 from train_accelerate import TrainConfig, configure_model, training_step
 
 REPO = Path(__file__).resolve().parent.parent

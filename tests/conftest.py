@@ -25,7 +25,7 @@ os.environ.update(
 import pytest  # noqa: E402
 
 from kspon_dataset.sample_corpus import write_corpus  # noqa: E402
-from kspon_whisper.tiny import save_random_whisper  # noqa: E402
+from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
 from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

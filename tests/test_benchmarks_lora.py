@@ -2,7 +2,7 @@
 
 from benchmarks import lora_memory
 from benchmarks.lora_memory import Setup, parameter_bytes
-from kspon_whisper.tiny import ARCHITECTURES
+from kspon_whisper.random_whisper import ARCHITECTURES
 
 
 def test_parameter_counts_match_the_closed_form_for_large_v3():

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import WhisperForConditionalGeneration
 
 from kspon_whisper.flops import whisper_forward_flops, whisper_training_flops
-from kspon_whisper.tiny import whisper_config
+from kspon_whisper.random_whisper import whisper_config
 
 
 @pytest.mark.parametrize("label_tokens", [12, 45])

@@ -24,7 +24,7 @@ from kspon_whisper.inference import (
     default_mixed_precision,
     load_model,
 )
-from kspon_whisper.tiny import whisper_config
+from kspon_whisper.random_whisper import whisper_config
 
 SHORT_KEYS = {"language", "task", "num_beams", "max_new_tokens"}
 

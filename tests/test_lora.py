@@ -21,7 +21,7 @@ from transformers import WhisperForConditionalGeneration
 
 import train_accelerate
 from kspon_whisper.lora import add_lora, card_sentence, merge_lora
-from kspon_whisper.tiny import whisper_config
+from kspon_whisper.random_whisper import whisper_config
 from tests.processes import run_ok
 from train_accelerate import TrainConfig, Trainer, configure_model, load_model, parse_config
 
