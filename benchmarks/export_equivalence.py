@@ -1,6 +1,7 @@
 """Does the faster-whisper export transcribe like the Transformers model it came from, and how fast is it?
 
     python benchmarks/export_equivalence.py --write_results          # Whisper base, 21 clips, ~10 min on 2 cores
+    python benchmarks/export_equivalence.py --int8_variants --write_results  # which int8 weights change the text
     python benchmarks/export_equivalence.py --model_dir runs/ko-large-v3 --splits eval_clean --data_dir /data/Kspon
 
 Each quantization is exported with `kspon_whisper.export.export_ct2`, then every clip is decoded greedily, in Korean,
@@ -16,6 +17,7 @@ tests/test_export.py runs the same functions on fewer clips and asserts what thi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -41,11 +43,12 @@ from kspon_whisper.convert_ct2 import DEFAULT_OUTPUT_DIR  # noqa: E402
 from kspon_whisper.data import load_splits  # noqa: E402
 from kspon_whisper.evaluation import LANGUAGE, MAX_NEW_TOKENS, TASK  # noqa: E402
 from kspon_whisper.export import QUANTIZATIONS, export_ct2  # noqa: E402
-from kspon_whisper.metrics import score  # noqa: E402
+from kspon_whisper.metrics import loop_reason, score  # noqa: E402
 
 SAMPLE = REPO / "kspon_dataset" / "sample"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## faster-whisper export: equivalence and speed"
+INT8_SECTION = "## faster-whisper export: which int8 weights change the transcripts"
 SAMPLING_RATE = 16_000
 WHISPER_WINDOW_S = 30
 WAV_CLIPS = {  # tests/data, espeak-ng (see its README)
@@ -65,7 +68,7 @@ class Clip:
 @dataclass
 class Decoded:
     texts: list[str]
-    tokens: list[list[int]] | None  # generated ids without prompt or end token (None: faster-whisper)
+    tokens: list[list[int]]  # generated ids, without prompt or end token
     seconds: float
 
 
@@ -130,9 +133,10 @@ def ct2_decode(
     clips: list[Clip],
     threads: int,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    compute_type: str = "default",
 ) -> Decoded:
     """`ctranslate2.models.Whisper` on Transformers' log-mel and prompt: any difference is the model's."""
-    model = ctranslate2.models.Whisper(str(export_dir), device="cpu", intra_threads=threads)
+    model = ctranslate2.models.Whisper(str(export_dir), device="cpu", compute_type=compute_type, intra_threads=threads)
     prompt, tokens, start = prompt_ids(processor), [], time.perf_counter()
     for clip in clips:
         (result,) = model.generate(
@@ -159,7 +163,7 @@ def faster_whisper_decode(
     """
     model = WhisperModel(str(export_dir), device="cpu", compute_type="default", cpu_threads=threads)
     window = WHISPER_WINDOW_S * SAMPLING_RATE
-    texts, start = [], time.perf_counter()
+    texts, tokens, start = [], [], time.perf_counter()
     for clip in clips:
         audio = np.pad(clip.audio, (0, window - len(clip.audio))) if pad else clip.audio
         segments, _ = model.transcribe(
@@ -175,8 +179,10 @@ def faster_whisper_decode(
             no_speech_threshold=None,
             max_new_tokens=max_new_tokens,
         )
-        texts.append("".join(segment.text for segment in segments).strip())  # a generator: decoding happens here
-    return Decoded(texts, None, time.perf_counter() - start)
+        segments = list(segments)  # a generator: decoding happens here
+        texts.append("".join(segment.text for segment in segments).strip())
+        tokens.append([token for segment in segments for token in segment.tokens])
+    return Decoded(texts, tokens, time.perf_counter() - start)
 
 
 def _texts(processor: WhisperProcessor, tokens: list[list[int]]) -> list[str]:
@@ -187,8 +193,17 @@ def compare(reference: Decoded, other: Decoded, clips: list[Clip]) -> dict:
     return {
         "identical": sum(a == b for a, b in zip(reference.texts, other.texts, strict=True)),
         "cer_vs_hf": score(reference.texts, other.texts)["cer"],
-        "cer_vs_references": score([clip.reference for clip in clips], other.texts)["cer"],
-        "seconds": other.seconds,
+        **summary(other, clips),
+    }
+
+
+def summary(decoded: Decoded, clips: list[Clip]) -> dict:
+    references = [clip.reference for clip in clips]
+    return {
+        "cer_vs_references": score(references, decoded.texts)["cer"],
+        "loops": sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, decoded.texts, strict=True)),
+        "tokens": sum(map(len, decoded.tokens)),
+        "seconds": decoded.seconds,
     }
 
 
@@ -200,21 +215,37 @@ def run(model_dir: Path, clips: list[Clip], quantizations: list[str], threads: i
     torch.set_num_threads(threads)
     processor = WhisperProcessor.from_pretrained(model_dir)
     hf = hf_decode(model_dir, clips)
-    results = {"hf": hf, "hf_cer_vs_references": score([clip.reference for clip in clips], hf.texts)["cer"]}
+    results = {"hf": summary(hf, clips)}
     for quantization in quantizations:
         start = time.perf_counter()
         export_dir = export_ct2(model_dir, workdir / f"ct2-{quantization}", quantization, overwrite=True)
         export_s = time.perf_counter() - start
-        compute_type = ctranslate2.models.Whisper(str(export_dir), device="cpu").compute_type
+        decoders = {
+            "ct2": ct2_decode(export_dir, processor, clips, threads),
+            "faster_whisper": faster_whisper_decode(export_dir, clips, threads),
+            "faster_whisper_raw": faster_whisper_decode(export_dir, clips, threads, pad=False),
+        }
+        if quantization == "float32":  # int8 from the converter, or float32 weights quantized when loaded?
+            decoders["ct2_int8_at_load"] = ct2_decode(export_dir, processor, clips, threads, compute_type="int8")
         results[quantization] = {
             "export_s": export_s,
             "mib": folder_mib(export_dir),
-            "compute_type": compute_type,
-            "ct2": compare(hf, ct2_decode(export_dir, processor, clips, threads), clips),
-            "faster_whisper": compare(hf, faster_whisper_decode(export_dir, clips, threads), clips),
-            "faster_whisper_raw": compare(hf, faster_whisper_decode(export_dir, clips, threads, pad=False), clips),
+            "compute_type": ctranslate2.models.Whisper(str(export_dir), device="cpu").compute_type,
+            "decoders": {name: compare(hf, decoded, clips) for name, decoded in decoders.items()},
         }
     return results
+
+
+DECODERS = {
+    "ct2": "ctranslate2, HF log-mel",
+    "faster_whisper": "faster-whisper, audio padded to 30 s",
+    "faster_whisper_raw": "faster-whisper, audio as is",
+    "ct2_int8_at_load": "ctranslate2, HF log-mel, loaded with compute_type int8",
+}
+HEADER = (
+    "| export | folder MiB | export s | CPU compute type | decoder | identical to HF | CER vs HF | CER vs refs "
+    "| loops | tokens | decode s | speed vs HF |"
+)
 
 
 def format_section(results: dict, clips: list[Clip], model_dir: Path, command: str, threads: int) -> str:
@@ -228,55 +259,48 @@ def format_section(results: dict, clips: list[Clip], model_dir: Path, command: s
         f"- Command: `{command}`",
         (
             f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {threads} threads for every decoder, shared with "
-            f"other test runs; Python {platform.python_version()}, torch {torch.__version__}, {versions}."
+            f"other test runs (times are indicative); Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{versions}."
         ),
         (
-            f"- Model: `{model_dir.name}` ({model_dir}); {len(clips)} clips ({', '.join(_clip_sources(clips))}), "
+            f"- Model: `{model_dir.name}`; {len(clips)} clips ({', '.join(_clip_sources(clips))}), "
             f"{sum(len(c.audio) for c in clips) / SAMPLING_RATE:.0f} s of espeak-ng speech. Greedy, Korean, no "
             f"timestamps, at most {MAX_NEW_TOKENS} new tokens, one clip at a time."
         ),
         (
-            f"- Transformers float32: {hf.seconds:.1f} s in all, CER {results['hf_cer_vs_references']:.3f} against "
-            "the references (the untouched base model on a robotic voice: the point is agreement, not accuracy)."
+            f"- Transformers float32 (the reference decoder): CER {hf['cer_vs_references']:.3f} against the "
+            f"references, {hf['loops']} loops, {hf['tokens']} tokens in {hf['seconds']:.1f} s. The base model is "
+            "not fine-tuned and the voice is robotic: what matters here is agreement, not accuracy."
         ),
         "",
-        (
-            "| export | folder MiB | export s | CPU compute type | decoder | identical to HF | CER vs HF "
-            "| CER vs refs | decode s | speed vs HF |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        HEADER,
+        "|" + "---|" * (HEADER.count("|") - 1),
     ]
     for quantization in QUANTIZATIONS:
         if quantization not in results:
             continue
         r = results[quantization]
-        for decoder, name in DECODERS.items():
-            d = r[decoder]
+        for decoder, d in r["decoders"].items():
             lines.append(
-                f"| {quantization} | {r['mib']:.0f} | {r['export_s']:.1f} | {r['compute_type']} | {name} "
+                f"| {quantization} | {r['mib']:.0f} | {r['export_s']:.1f} | {r['compute_type']} | {DECODERS[decoder]} "
                 f"| {d['identical']}/{len(clips)} | {d['cer_vs_hf']:.4f} | {d['cer_vs_references']:.3f} "
-                f"| {d['seconds']:.1f} | {hf.seconds / d['seconds']:.1f}x |"
+                f"| {d['loops']} | {d['tokens']} | {d['seconds']:.1f} | {hf['seconds'] / d['seconds']:.1f}x |"
             )
     lines += [
         "",
         (
-            "CER vs HF scores each export's transcripts against Transformers' float32 ones (normalised as the project "
-            "scores); identical counts exact string matches. faster-whisper given the audio padded to 30 s computes "
-            "the same log-mel as Transformers (to 3e-5), so its rows differ from HF only through the model; given "
-            "the audio as is, it pads the log-mel as openai/whisper does (zeros after the speech, where Transformers "
-            "has the log-mel of silence), a different input to the same model. On a CPU CTranslate2 computes float16 "
-            "weights in float32 and int8_float16 in int8 (the compute type column), so the float16 rows measure the "
-            "fp16 rounding of the weights only; on a GPU they run in float16."
+            "CER vs HF scores each transcript against Transformers' float32 one (both normalised as the project "
+            "scores); identical counts exact string matches; loops counts hypotheses that "
+            "`kspon_whisper.metrics.loop_reason` flags (over twice the reference's length, or a unit repeated 5 "
+            "times). faster-whisper given the audio padded to 30 s computes the same log-mel as Transformers (to "
+            "3e-5), so those rows differ from HF only through the model; given the audio as is, it pads the log-mel "
+            "as openai/whisper does (zeros after the speech, where Transformers has the log-mel of silence), a "
+            "different input to the same model. On a CPU CTranslate2 computes float16 weights in float32 and "
+            "int8_float16 in int8 (the compute type column), so the float16 rows measure the fp16 rounding of the "
+            "weights only; on a GPU they run in float16."
         ),
     ]
     return "\n".join(lines) + "\n"
-
-
-DECODERS = {
-    "ct2": "ctranslate2, HF log-mel",
-    "faster_whisper": "faster-whisper, audio padded to 30 s",
-    "faster_whisper_raw": "faster-whisper, audio as is",
-}
 
 
 def _clip_sources(clips: list[Clip]) -> list[str]:
@@ -286,6 +310,75 @@ def _clip_sources(clips: list[Clip]) -> list[str]:
     )
 
 
+@contextlib.contextmanager
+def int8_except(*kept: str):
+    """Exports made inside quantize every weight but those whose name holds one of `kept`, which stay in float32
+    (through the filter of ctranslate2's private `LayerSpec._quantize`, so only for this measurement)."""
+    from ctranslate2.specs import model_spec
+
+    quantize = model_spec.LayerSpec._quantize
+
+    def quantize_except(self, quantization, variable_filter=None):
+        return quantize(self, quantization, variable_filter=lambda name: not any(k in name for k in kept))
+
+    model_spec.LayerSpec._quantize = quantize_except
+    try:
+        yield
+    finally:
+        model_spec.LayerSpec._quantize = quantize
+
+
+INT8_VARIANTS = {  # name: (quantization, weights kept in float32, compute type when loaded)
+    "float32 export": ("float32", (), "default"),
+    "float16 export, quantized to int8 when loaded": ("float16", (), "int8"),
+    "int8 export (what `--quantization int8` writes)": ("int8", (), "default"),
+    "int8 export, conv1/conv2 kept float32": ("int8", ("conv",), "default"),
+    "int8 export, conv1/conv2 and token embeddings kept float32": ("int8", ("conv", "embeddings"), "default"),
+}
+
+
+def run_int8_variants(model_dir: Path, clips: list[Clip], threads: int, workdir: Path) -> dict:
+    torch.set_num_threads(threads)
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    hf = hf_decode(model_dir, clips)
+    results = {"hf": summary(hf, clips)}
+    for i, (name, (quantization, kept, compute_type)) in enumerate(INT8_VARIANTS.items()):
+        with int8_except(*kept):
+            export_dir = export_ct2(model_dir, workdir / f"variant-{i}", quantization)
+        decoded = ct2_decode(export_dir, processor, clips, threads, compute_type=compute_type)
+        results[name] = {"mib": (export_dir / "model.bin").stat().st_size / 2**20, **compare(hf, decoded, clips)}
+    return results
+
+
+def format_int8_section(results: dict, clips: list[Clip], model_dir: Path, command: str) -> str:
+    hf = results["hf"]
+    header = "| weights | model.bin MiB | identical to HF | CER vs HF | CER vs refs | loops | tokens |"
+    lines = [INT8_SECTION, "", f"- Command: `{command}`"]
+    lines.append(
+        f"- Model `{model_dir.name}`, the same {len(clips)} clips and decoding as the section above, decoded by "
+        "`ctranslate2.models.Whisper` on Transformers' log-mel; Transformers float32: CER "
+        f"{hf['cer_vs_references']:.3f} against the references, {hf['loops']} loops, {hf['tokens']} tokens."
+    )
+    lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
+    for name in INT8_VARIANTS:
+        r = results[name]
+        lines.append(
+            f"| {name} | {r['mib']:.0f} | {r['identical']}/{len(clips)} | {r['cer_vs_hf']:.4f} "
+            f"| {r['cer_vs_references']:.3f} | {r['loops']} | {r['tokens']} |"
+        )
+    lines += ["", INT8_NOTE]
+    return "\n".join(lines) + "\n"
+
+
+INT8_NOTE = (
+    "Whisper base is unsure of this robotic voice (its float32 transcripts are poor), so small weight changes "
+    "flip its tokens: these rows show where the int8 export's differences come from on this model (mostly the "
+    "int8 convolutions of the encoder's input, then the int8 token embeddings, which are also the output "
+    "projection), not what int8 costs a fine-tuned model on real speech. The export writes what CTranslate2's "
+    "converter writes; measure a trained model with `--model_dir`."
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--model_dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="default: the offline base")
@@ -293,14 +386,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", nargs="+", default=["validation", "test"])
     parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS), choices=QUANTIZATIONS)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
+    parser.add_argument("--int8_variants", action="store_true", help=f"measure '{INT8_SECTION}' instead")
+    parser.add_argument("--write_results", action="store_true", help="update this measurement's section")
     parser.add_argument("--results_file", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     clips = wav_clips() + corpus_clips(args.data_dir, args.splits)
+    command = (
+        "python benchmarks/export_equivalence.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    ).strip()
     with tempfile.TemporaryDirectory(prefix="export_equivalence-") as workdir:
-        results = run(args.model_dir, clips, args.quantizations, args.threads, Path(workdir))
-    command = "python benchmarks/export_equivalence.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = format_section(results, clips, args.model_dir, command.strip(), args.threads)
+        if args.int8_variants:
+            results = run_int8_variants(args.model_dir, clips, args.threads, Path(workdir))
+            section = format_int8_section(results, clips, args.model_dir, command)
+        else:
+            results = run(args.model_dir, clips, args.quantizations, args.threads, Path(workdir))
+            section = format_section(results, clips, args.model_dir, command, args.threads)
     print(section)
     if args.write_results:
         write_section(args.results_file, section)

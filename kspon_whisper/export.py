@@ -187,7 +187,8 @@ def faster_whisper_card_section(output_dir: str | Path, repo_id: str) -> str | N
 
 {listed} {"holds this model" if len(folders) == 1 else "hold this model"} converted to
 [CTranslate2](https://github.com/OpenNMT/CTranslate2), with its tokenizer and feature extractor, for
-[faster-whisper](https://github.com/SYSTRAN/faster-whisper) (`pip install faster-whisper`). Download only that folder:
+[faster-whisper](https://github.com/SYSTRAN/faster-whisper) (`pip install faster-whisper`). Download only the
+folder you use:
 
 ```python
 from faster_whisper import WhisperModel
