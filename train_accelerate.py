@@ -50,6 +50,7 @@ from transformers import HfArgumentParser, WhisperForConditionalGeneration, Whis
 from kspon_whisper.checkpoints import load_loop_state, resolve_checkpoint, save_checkpoint
 from kspon_whisper.data import ModelInputs, PassCounter, load_splits, make_dataloader, set_epoch, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, write_predictions
+from kspon_whisper.export import check_export_options, export_ct2
 from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
 from kspon_whisper.inference import MAX_NEW_TOKENS, NUM_BEAMS, GenerationSettings, set_korean_transcription
 from kspon_whisper.lora import add_lora, merge_lora, parameter_line
@@ -114,6 +115,8 @@ class TrainConfig:
     hub_model_id: str | None = None  # "user/name" of the model repo
     hub_private: bool = False  # create the repo private
     push_only: bool = False  # skip training: push an existing output_dir
+    # faster-whisper
+    export_ct2: str | None = None  # at the end, also write OUTPUT_DIR/ct2-<this>: float16, int8_float16, int8, float32
 
     def __post_init__(self):
         choices = {
@@ -127,6 +130,8 @@ class TrainConfig:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not one of {valid}.")
         if self.data_dir is None and not self.push_only:
             raise ValueError("--data_dir is required: the folder holding KsponSpeech_01.zip ... (see README).")
+        if self.export_ct2 is not None:  # an unknown choice or a missing ctranslate2 fails now, not after training
+            check_export_options(self.export_ct2)
         if (self.push_to_hub or self.push_only) and not self.hub_model_id:
             raise ValueError("--push_to_hub/--push_only need --hub_model_id user/name.")
         ranges = {  # option: (lowest valid value, whether it may equal it)
@@ -629,6 +634,8 @@ class Trainer:
             summary = {"step": self.step, "skipped_steps": self.skipped_steps, "labels_too_long": self.too_long}
             summary["data"] = self.data_counts  # kept N of M, by reason, for each split's last whole pass
             (self.output_dir / "metrics.json").write_text(json.dumps(results | {"train": summary}, indent=2))
+            if cfg.export_ct2:  # before the card and the push, so that both include it
+                self.say(f"faster-whisper model: {export_ct2(self.output_dir, None, cfg.export_ct2, overwrite=True)}")
             write_model_card(
                 self.output_dir,
                 hub_model_id=cfg.hub_model_id,

@@ -22,6 +22,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, close_session, constants, metadata_load
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 from huggingface_hub.hf_api import CommitInfo
+from huggingface_hub.utils import filter_repo_objects
 
 from kspon_whisper.hub import (
     HubAccessError,
@@ -597,6 +598,8 @@ def test_card_shows_faster_whisper_usage_for_an_exported_folder(tmp_path):
     text = _write_card(tmp_path).read_text(encoding="utf-8")
     assert f'snapshot_download("{REPO_ID}", allow_patterns="ct2-int8_float16/*")' in text
     assert 'WhisperModel(path, device="cuda", compute_type="int8_float16")' in text
+    repo_files = ["model.safetensors", "config.json", "ct2-int8_float16/model.bin", "ct2-int8_float16/config.json"]
+    assert list(filter_repo_objects(repo_files, allow_patterns="ct2-int8_float16/*")) == repo_files[2:]
 
 
 def test_card_says_how_lora_weights_were_made(tmp_path):
