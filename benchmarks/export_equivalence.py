@@ -39,11 +39,11 @@ sys.path.insert(0, str(REPO))  # run as `python benchmarks/export_equivalence.py
 
 from benchmarks.data_pipeline import cpu_model, write_section  # noqa: E402
 from kspon_dataset.corpus import read_utterance  # noqa: E402
-from kspon_whisper.convert_ct2 import DEFAULT_OUTPUT_DIR  # noqa: E402
 from kspon_whisper.data import load_splits  # noqa: E402
-from kspon_whisper.evaluation import LANGUAGE, MAX_NEW_TOKENS, TASK  # noqa: E402
 from kspon_whisper.export import QUANTIZATIONS, export_ct2  # noqa: E402
+from kspon_whisper.inference import LANGUAGE, MAX_NEW_TOKENS, TASK  # noqa: E402
 from kspon_whisper.metrics import loop_reason, score  # noqa: E402
+from tools.offline_whisper import DEFAULT_OUTPUT_DIR  # noqa: E402
 
 SAMPLE = REPO / "kspon_dataset" / "sample"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

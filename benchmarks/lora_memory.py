@@ -2,7 +2,7 @@
 
     python benchmarks/lora_memory.py --write_results
 
-1. Parameters: the real large-v3 config (kspon_whisper/tiny.py) built on the meta device, so nothing is allocated,
+1. Parameters: the real large-v3 config (kspon_whisper/random_whisper.py) built on the meta device (nothing allocated),
    with the adapters `--lora_rank` adds (kspon_whisper/lora.py). Bytes are what the loop keeps: fp32 weights, fp32
    gradients and AdamW's two fp32 moments for what trains.
 2. Activations: the tensors autograd saves for backward, counted (deduplicated by storage) during one forward under

