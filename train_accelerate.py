@@ -55,6 +55,7 @@ from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_car
 from kspon_whisper.inference import MAX_NEW_TOKENS, NUM_BEAMS, GenerationSettings, set_korean_transcription
 from kspon_whisper.lora import add_lora, merge_lora, parameter_line
 from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
+from kspon_whisper.timestamps import timestamp_labels
 
 logger = logging.getLogger("train_accelerate")
 HELD_OUT_SPLITS = ("validation", "test", "eval_clean", "eval_other")
@@ -84,6 +85,7 @@ class TrainConfig:
     num_workers: int = 4  # DataLoader worker processes per rank
     log_mel_on_device: bool = True  # ship int16 audio, compute log-mel on the accelerator (False: in the workers)
     label_bucket: int | None = None  # pad label length to a multiple of this (default 16 with torch_compile)
+    timestamp_probability: float = 0.2  # share of training labels that carry timestamp tokens; 0 turns it off
     # optimisation
     per_device_batch_size: int = 16  # examples per micro-batch per process
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (fewer at the end of an epoch)
@@ -160,6 +162,11 @@ class TrainConfig:
         if resume not in (None, "latest") and not Path(resume).is_dir():
             raise ValueError(f"--resume_from_checkpoint {resume} is not a folder; pass a checkpoint folder or latest.")
         self.check_lora()
+        if not 0 <= self.timestamp_probability <= 1:
+            raise ValueError(
+                f"--timestamp_probability must be in [0, 1] (a share of the training labels), got "
+                f"{self.timestamp_probability}; 0 turns timestamp labels off."
+            )
         if self.streaming and self.max_steps <= 0 and not self.push_only:
             raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
         if isinstance(self.final_eval_splits, str):  # `final_eval_splits: test` in YAML is one name, not letters
@@ -376,6 +383,15 @@ class Trainer:
             log_mel_on_device=cfg.log_mel_on_device,
             label_bucket=cfg.label_bucket or (16 if cfg.torch_compile else None),
         )
+        # Only training labels carry timestamps, so that the model keeps predicting them (kspon_whisper/timestamps.py);
+        # evaluation scores text generated without them.
+        timestamps = timestamp_labels(
+            self.processor.tokenizer,
+            self.model.generation_config,
+            probability=cfg.timestamp_probability,
+            seed=cfg.seed,
+        )
+        self.train_batcher = dataclasses.replace(self.batcher, timestamps=timestamps)
         with accelerator.main_process_first():  # rank 0 first: it prepares (map-style) and indexes the archives
             self.splits = load_splits(
                 cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
@@ -410,7 +426,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         return make_dataloader(
             self.splits[split],
-            self.batcher,
+            self.train_batcher if split == "train" else self.batcher,
             batch_size=cfg.per_device_batch_size,
             num_workers=cfg.num_workers,
             rank=acc.process_index,
@@ -435,7 +451,8 @@ class Trainer:
             f"effective batch {effective} = {cfg.per_device_batch_size} per device x {cfg.gradient_accumulation_steps}"
             f" accumulation x {acc.num_processes} processes | {self.max_steps:,} optimizer steps = "
             f"{self.max_steps * effective:,} samples | samples per epoch {per_epoch} | mixed precision "
-            f"{acc.mixed_precision} | gradient checkpointing {cfg.gradient_checkpointing}"
+            f"{acc.mixed_precision} | gradient checkpointing {cfg.gradient_checkpointing} | timestamp labels "
+            f"{cfg.timestamp_probability:.0%}"
         )
         lora = f" | LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha}, merged at the end" if cfg.lora_rank else ""
         self.say(parameter_line(acc.unwrap_model(self.model)) + lora)

@@ -40,6 +40,7 @@ from kspon_dataset.corpus import (
 from .audio import wav_samples
 from .collator import WhisperCollator
 from .log_mel import LogMelSpectrogram
+from .timestamps import TimestampLabels
 
 MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
 KEEP_COLUMNS = ("id", "audio", "text")
@@ -152,10 +153,13 @@ class UtteranceStream(torch.utils.data.IterableDataset):
 
 @dataclass
 class SpeechBatcher:
-    """DataLoader `collate_fn`: tokenize the text, drop rows whose labels exceed 448 tokens, then collate."""
+    """DataLoader `collate_fn`: tokenize the text (timestamping a share of the labels when training), drop rows whose
+    labels exceed 448 tokens, then collate."""
 
     processor: WhisperProcessor
     collator: WhisperCollator
+    timestamps: TimestampLabels | None = None  # training only: evaluation labels never carry timestamps
+    epoch: int = 0  # set by `set_epoch`; which labels carry timestamps changes with it
 
     def __call__(self, rows: list[dict]) -> dict:
         kept, too_long, skipped = [], 0, Counter()
@@ -163,12 +167,14 @@ class SpeechBatcher:
             if "skip" in row:
                 skipped[row["skip"]] += 1
                 continue
-            labels = self.processor.tokenizer(row["text"]).input_ids
-            if len(labels) > MAX_LABEL_TOKENS:
-                too_long += 1
-                continue
             audio = row["audio"]
             samples = wav_samples(audio["bytes"]) if isinstance(audio, dict) else audio
+            labels = self.processor.tokenizer(row["text"]).input_ids
+            if self.timestamps is not None:
+                labels = self.timestamps(labels, row["id"], len(samples) / SAMPLE_RATE, self.epoch)
+            if len(labels) > MAX_LABEL_TOKENS:  # timestamp tokens included: they take decoder positions too
+                too_long += 1
+                continue
             kept.append({"audio": samples, "labels": labels, "id": row["id"], "text": row["text"]})
         batch = self.collator(kept) if kept else {"id": []}
         batch["text"] = [row["text"] for row in kept]
@@ -244,6 +250,8 @@ def make_dataloader(
 def set_epoch(loader: StatefulDataLoader, epoch: int) -> None:
     """Reseed the epoch's order; the loop calls this before every epoch, and before loading a saved state."""
     (loader.dataset if isinstance(loader.dataset, UtteranceStream) else loader.sampler).set_epoch(epoch)
+    if isinstance(loader.collate_fn, SpeechBatcher):  # workers are started per epoch, with a copy of it
+        loader.collate_fn.epoch = epoch
 
 
 class PassCounter:
