@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"--splits {' '.join(missing)}: not in {args.data_dir}, which provides {', '.join(sorted(splits))}. "
             "eval_clean and eval_other need KsponSpeech_eval.zip; validation and test need KsponSpeech_01..05.zip."
         )
-    batcher = speech_batcher(processor, model.config.decoder_start_token_id, log_mel_on_device=True)
+    batcher = speech_batcher(processor, model.config, log_mel_on_device=True)
     model_inputs = ModelInputs(processor, accelerator.device)
     output_dir = Path(args.output_dir)
 

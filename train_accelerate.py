@@ -379,7 +379,7 @@ class Trainer:
         self.model_inputs = ModelInputs(self.processor, accelerator.device)
         self.batcher = speech_batcher(
             self.processor,
-            self.model.config.decoder_start_token_id,
+            self.model.config,
             log_mel_on_device=cfg.log_mel_on_device,
             label_bucket=cfg.label_bucket or (16 if cfg.torch_compile else None),
         )

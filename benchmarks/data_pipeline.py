@@ -165,8 +165,8 @@ def phase_loader(spec: dict) -> dict:
     processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
     if processor.feature_extractor.feature_size != spec["n_mels"]:  # large-v3's differs from base's only in this
         processor.feature_extractor = WhisperFeatureExtractor(feature_size=spec["n_mels"])
-    start_token = WhisperConfig.from_pretrained(spec["model_dir"]).decoder_start_token_id
-    batcher = speech_batcher(processor, start_token, log_mel_on_device=spec["audio_mode"] == "waveform")
+    config = WhisperConfig.from_pretrained(spec["model_dir"])
+    batcher = speech_batcher(processor, config, log_mel_on_device=spec["audio_mode"] == "waveform")
     train = load_splits(spec["corpus"], config="spelling", split_scheme="random", streaming=True)["train"]
     order = {"rank": 0, "world_size": 1, "seed": SEED, "shuffle": True}  # one process's first training epoch
     loader = make_dataloader(train, batcher, batch_size=BATCH_SIZE, num_workers=spec["workers"], **order)

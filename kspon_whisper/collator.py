@@ -8,7 +8,6 @@ import torch
 from transformers import WhisperFeatureExtractor
 
 LABEL_PAD_ID = -100  # ignored by torch's cross-entropy; the pad id would be trained on as a real token
-WHISPER_MAX_TARGET_POSITIONS = 448  # decoder positions of every released Whisper checkpoint
 AUDIO_MODES = ("features", "waveform")
 
 
@@ -28,7 +27,7 @@ class WhisperCollator:
     decoder_start_token_id: int  # model.config.decoder_start_token_id, <|startoftranscript|> = 50258 multilingual
     audio_mode: Literal["features", "waveform"] = "features"
     label_bucket: int | None = None  # pad label length up to a multiple of this, so torch.compile sees few shapes
-    max_label_length: int = WHISPER_MAX_TARGET_POSITIONS  # longest label row accepted, counted before stripping
+    max_label_length: int = 448  # the decoder's positions (config.max_target_positions): longest label row accepted
 
     def __post_init__(self) -> None:
         if self.audio_mode not in AUDIO_MODES:

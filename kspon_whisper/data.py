@@ -24,7 +24,7 @@ import datasets
 import numpy as np
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
-from transformers import WhisperProcessor
+from transformers import WhisperConfig, WhisperProcessor
 
 from kspon_dataset import KsponSpeech, load_kspon
 from kspon_dataset.corpus import (
@@ -42,7 +42,6 @@ from .collator import WhisperCollator
 from .log_mel import LogMelSpectrogram
 from .timestamps import TimestampLabels
 
-MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
 KEEP_COLUMNS = ("id", "audio", "text")
 # What a pass counts as its batches go by (the index's drops are known before it), in a fixed order for one all-reduce.
 COUNT_KEYS = ("kept", *READ_REASONS, "labels_too_long")
@@ -154,7 +153,7 @@ class UtteranceStream(torch.utils.data.IterableDataset):
 @dataclass
 class SpeechBatcher:
     """DataLoader `collate_fn`: tokenize the text (timestamping a share of the labels when training), drop rows whose
-    labels exceed 448 tokens, then collate."""
+    labels exceed the decoder's positions, then collate."""
 
     processor: WhisperProcessor
     collator: WhisperCollator
@@ -172,7 +171,7 @@ class SpeechBatcher:
             labels = self.processor.tokenizer(row["text"]).input_ids
             if self.timestamps is not None:
                 labels = self.timestamps(labels, row["id"], len(samples) / SAMPLE_RATE, self.epoch)
-            if len(labels) > MAX_LABEL_TOKENS:  # timestamp tokens included: they take decoder positions too
+            if len(labels) > self.collator.max_label_length:  # timestamp tokens included: they take positions too
                 too_long += 1
                 continue
             kept.append({"audio": samples, "labels": labels, "id": row["id"], "text": row["text"]})
@@ -185,15 +184,17 @@ class SpeechBatcher:
 
 def speech_batcher(
     processor: WhisperProcessor,
-    decoder_start_token_id: int,
+    config: WhisperConfig,
     *,
     log_mel_on_device: bool,
     label_bucket: int | None = None,
 ) -> SpeechBatcher:
-    """The loaders' batcher: int16 waveforms that `ModelInputs` turns into log-mels on the device, or host features."""
+    """The loaders' batcher: int16 waveforms that `ModelInputs` turns into log-mels on the device, or host features.
+    The model's config gives the decoder's start token and its positions, the longest label kept."""
     collator = WhisperCollator(
         processor.feature_extractor,
-        decoder_start_token_id=decoder_start_token_id,
+        decoder_start_token_id=config.decoder_start_token_id,
+        max_label_length=config.max_target_positions,
         audio_mode="waveform" if log_mel_on_device else "features",
         label_bucket=label_bucket,
     )

@@ -124,7 +124,7 @@ def test_evaluation_and_transcribe_give_the_same_text(offline_whisper_dir, tmp_p
     model, processor = load_model(str(offline_whisper_dir), "cpu")
     splits = load_splits(str(SAMPLE_CORPUS), config="spelling", split_scheme="random", streaming=True)
     clips = only(CLIPS[:3], splits["train"], splits["test"])
-    batcher = speech_batcher(processor, model.config.decoder_start_token_id, log_mel_on_device=True)
+    batcher = speech_batcher(processor, model.config, log_mel_on_device=True)
     loader = make_dataloader(clips, batcher, batch_size=3, num_workers=0, rank=0, world_size=1, seed=0, shuffle=False)
     try:
         _, records = evaluate(Accelerator(), model, loader, processor, ModelInputs(processor, "cpu"))

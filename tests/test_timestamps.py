@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from transformers import GenerationConfig, WhisperProcessor
+from transformers import GenerationConfig, WhisperConfig, WhisperProcessor
 
-import kspon_whisper.data
 from kspon_dataset import KsponSpeech
 from kspon_whisper.data import Split, make_dataloader, set_epoch, speech_batcher
 from kspon_whisper.timestamps import TimestampLabels, timestamp_labels
@@ -120,17 +119,21 @@ def test_the_probability_is_validated(probability):
     )
 
 
-def test_the_label_limit_counts_the_timestamp_tokens(processor, generation_config, monkeypatch):
+def test_the_label_limit_counts_the_timestamp_tokens(processor, generation_config):
     """A label that fits only without its two timestamp tokens is dropped as too long when it gets them."""
-    batcher = speech_batcher(processor, token(processor, "<|startoftranscript|>"), log_mel_on_device=True)
     rows = [{"id": "KsponSpeech_000001", "audio": np.zeros(16_000, np.int16), "text": TEXT}]
     plain_length = len(processor.tokenizer(TEXT).input_ids)
-    monkeypatch.setattr(kspon_whisper.data, "MAX_LABEL_TOKENS", plain_length)
-    assert batcher(rows)["id"] == ["KsponSpeech_000001"]
-    timestamped = dataclasses.replace(batcher, timestamps=labeller(processor, generation_config, 1.0))
+
+    def batcher(max_target_positions: int, probability: float):
+        start = token(processor, "<|startoftranscript|>")
+        config = WhisperConfig(decoder_start_token_id=start, max_target_positions=max_target_positions)
+        plain = speech_batcher(processor, config, log_mel_on_device=True)
+        return dataclasses.replace(plain, timestamps=labeller(processor, generation_config, probability))
+
+    assert batcher(plain_length, 0.0)(rows)["id"] == ["KsponSpeech_000001"]
+    timestamped = batcher(plain_length, 1.0)
     assert timestamped(rows)["num_too_long"] == 1 and timestamped(rows)["id"] == []
-    monkeypatch.setattr(kspon_whisper.data, "MAX_LABEL_TOKENS", plain_length + 1)  # one more: <|0.00|> took a place
-    assert timestamped(rows)["id"] == ["KsponSpeech_000001"]
+    assert batcher(plain_length + 1, 1.0)(rows)["id"] == ["KsponSpeech_000001"]  # one more: <|0.00|> took a place
 
 
 def timestamped_ids(loader, zero: int) -> dict[str, bool]:
@@ -138,13 +141,16 @@ def timestamped_ids(loader, zero: int) -> dict[str, bool]:
     return {uid: bool((row == zero).any()) for b in batches for uid, row in zip(b["id"], b["labels"], strict=True)}
 
 
-def test_workers_follow_the_epoch_and_agree_with_the_hash(processor, generation_config, tone_corpus):
+def test_workers_follow_the_epoch_and_agree_with_the_hash(
+    processor, generation_config, tone_corpus, offline_whisper_dir
+):
     """The choice made in DataLoader workers is `chosen(id, epoch)` of the epoch set in the main process."""
     selections = KsponSpeech(config_name="spelling", data_dir=str(tone_corpus)).selections()
     train = Split(selections["train"], selections["train"].tally, "spelling")
     labels = labeller(processor, generation_config, 0.5)
     batcher = dataclasses.replace(
-        speech_batcher(processor, token(processor, "<|startoftranscript|>"), log_mel_on_device=True), timestamps=labels
+        speech_batcher(processor, WhisperConfig.from_pretrained(offline_whisper_dir), log_mel_on_device=True),
+        timestamps=labels,
     )
     loader = make_dataloader(train, batcher, batch_size=8, num_workers=2, rank=0, world_size=1, seed=0, shuffle=True)
     passes = {}
