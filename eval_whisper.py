@@ -27,6 +27,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+from kspon_dataset.corpus import SPLIT_SCHEMES
+from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
 from kspon_whisper.data import ModelInputs, load_splits, make_dataloader, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, loop_report, write_predictions
 from kspon_whisper.inference import (
@@ -52,11 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="cap on tokens per utterance")
     parser.add_argument("--per_device_batch_size", type=int, default=16, help="utterances per generate call")
     parser.add_argument("--num_workers", type=int, default=4, help="DataLoader workers per process")
-    parser.add_argument("--dataset_config", default="spelling", choices=("spelling", "phonetic"))
+    parser.add_argument("--dataset_config", default="spelling", choices=TRANSCRIPT_FORMS)
     parser.add_argument(
         "--split_scheme",
         default="random",
-        choices=("random", "random_utterance", "official"),
+        choices=SPLIT_SCHEMES,
         help="where validation/test come from; eval_clean and eval_other are the official sets in every scheme",
     )
     parser.add_argument(

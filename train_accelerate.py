@@ -47,6 +47,8 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
 
+from kspon_dataset.corpus import SPLIT_SCHEMES
+from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
 from kspon_whisper.checkpoints import load_loop_state, resolve_checkpoint, save_checkpoint
 from kspon_whisper.data import ModelInputs, PassCounter, load_splits, make_dataloader, set_epoch, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, write_predictions
@@ -122,8 +124,8 @@ class TrainConfig:
 
     def __post_init__(self):
         choices = {
-            "dataset_config": ("spelling", "phonetic"),
-            "split_scheme": ("random", "random_utterance", "official"),
+            "dataset_config": TRANSCRIPT_FORMS,
+            "split_scheme": SPLIT_SCHEMES,
             "lr_scheduler": ("linear", "cosine"),
             "report_to": ("tensorboard", "trackio", "wandb", "none"),
         }

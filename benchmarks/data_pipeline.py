@@ -160,9 +160,10 @@ def phase_loader(spec: dict) -> dict:
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperProcessor
 
     from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher
+    from kspon_whisper.inference import LANGUAGE, TASK
 
     processor = WhisperProcessor.from_pretrained(spec["model_dir"])
-    processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
+    processor.tokenizer.set_prefix_tokens(language=LANGUAGE, task=TASK, predict_timestamps=False)
     if processor.feature_extractor.feature_size != spec["n_mels"]:  # large-v3's differs from base's only in this
         processor.feature_extractor = WhisperFeatureExtractor(feature_size=spec["n_mels"])
     config = WhisperConfig.from_pretrained(spec["model_dir"])

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/export_equivalence.py`, the repo need not be installed
 
 from benchmarks.data_pipeline import cpu_model, write_section  # noqa: E402
+from kspon_dataset.corpus import SAMPLE_RATE as SAMPLING_RATE  # noqa: E402
 from kspon_dataset.corpus import read_utterance  # noqa: E402
 from kspon_whisper.data import load_splits  # noqa: E402
 from kspon_whisper.export import QUANTIZATIONS, export_ct2  # noqa: E402
@@ -49,7 +50,6 @@ SAMPLE = REPO / "kspon_dataset" / "sample"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## faster-whisper export: equivalence and speed"
 INT8_SECTION = "## faster-whisper export: which int8 weights change the transcripts"
-SAMPLING_RATE = 16_000
 WHISPER_WINDOW_S = 30
 WAV_CLIPS = {  # tests/data, espeak-ng (see its README)
     "ko_greeting": "안녕하세요 반갑습니다",

@@ -41,10 +41,11 @@ from transformers import (
     WhisperProcessor,
 )
 
-from kspon_dataset.corpus import pcm_samples, read_utterance
+from kspon_dataset.corpus import SAMPLE_RATE, pcm_samples, read_utterance
 from kspon_whisper.collator import WhisperCollator
 from kspon_whisper.data import load_splits
 from kspon_whisper.flops import mfu, whisper_training_flops
+from kspon_whisper.inference import LANGUAGE, TASK
 from kspon_whisper.log_mel import LogMelSpectrogram
 from kspon_whisper.random_whisper import whisper_config
 from train_accelerate import TrainConfig, configure_model, training_step
@@ -83,7 +84,7 @@ def make_examples(processor: WhisperProcessor, count: int, seed: int = 0) -> lis
         while True:
             clip, sentence = rows[rng.integers(len(rows))]
             labels = processor.tokenizer(" ".join([*text, sentence])).input_ids
-            if len(labels) > target or sum(map(len, audio)) + len(clip) > 30 * 16_000:
+            if len(labels) > target or sum(map(len, audio)) + len(clip) > 30 * SAMPLE_RATE:
                 break
             audio.append(clip)
             text.append(sentence)
@@ -191,7 +192,7 @@ def run_blog(args, examples, extractor) -> Result:
     """The blog's setup: HF Trainer, batch 4 x accumulation 4, bf16, checkpointing, 1 worker, features precomputed."""
     reset_memory()
     features = extractor(
-        [e["audio"].astype(np.float32) / 32768 for e in examples], sampling_rate=16_000
+        [e["audio"].astype(np.float32) / 32768 for e in examples], sampling_rate=SAMPLE_RATE
     ).input_features
     train_set = [{"input_features": f, "labels": e["labels"]} for f, e in zip(features, examples, strict=True)]
     model = random_model(args.model, gradient_checkpointing=True)
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper
 
     processor = WhisperProcessor.from_pretrained(build_offline_whisper(DEFAULT_OUTPUT_DIR))
-    processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
+    processor.tokenizer.set_prefix_tokens(language=LANGUAGE, task=TASK, predict_timestamps=False)
     extractor = WhisperFeatureExtractor(feature_size=whisper_config(args.model).num_mel_bins)
     steps_needed = (args.warmup + args.steps) * max(*args.batch_size, *args.checkpointed_batch_size, 16)
     examples = make_examples(processor, min(steps_needed, 256))
