@@ -29,7 +29,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import sys
 import time
 import weakref
@@ -53,7 +55,7 @@ from kspon_whisper.checkpoints import load_loop_state, resolve_checkpoint, save_
 from kspon_whisper.data import ModelInputs, PassCounter, load_splits, make_dataloader, set_epoch, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, write_predictions
 from kspon_whisper.export import check_export_options, export_ct2
-from kspon_whisper.hub import check_hub_access, push_output_dir, write_model_card
+from kspon_whisper.hub import NOT_HYPERPARAMETERS, check_hub_access, push_output_dir, write_model_card
 from kspon_whisper.inference import MAX_NEW_TOKENS, NUM_BEAMS, GenerationSettings, set_korean_transcription
 from kspon_whisper.lora import add_lora, merge_lora, parameter_line
 from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
@@ -634,8 +636,7 @@ class Trainer:
             # 0 receives them). Elsewhere it is the bare model's state dict.
             model, state_dict = acc.unwrap_model(self.model), acc.get_state_dict(self.model)
         if acc.is_main_process:
-            model.save_pretrained(self.output_dir, state_dict=state_dict, safe_serialization=True)
-            self.processor.save_pretrained(self.output_dir)
+            save_final_model(model, state_dict, self.processor, self.output_dir)
         results = {}
         for split in ["validation", *cfg.final_eval_splits]:
             if split in self.splits:
@@ -719,7 +720,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
     set_seed(cfg.seed)  # before anything random is built: model init, data order, dropout
     trainer = Trainer(cfg, accelerator)
-    accelerator.init_trackers("kspon-whisper", config=_scalars(dataclasses.asdict(cfg)))
+    hparams = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_HYPERPARAMETERS}  # no local paths
+    accelerator.init_trackers("kspon-whisper", config=_scalars(hparams))
     trainer.describe()
     trainer.fit()
     trainer.finish()
@@ -745,8 +747,32 @@ def end_distributed(accelerator: Accelerator, model: weakref.ref) -> None:
     accelerator.end_training()  # trackers, then torch.distributed.destroy_process_group()
 
 
+def save_final_model(model, state_dict: dict | None, processor: WhisperProcessor, output_dir: Path) -> None:
+    """Write the model and processor beside a finished run's other files, each file complete or not there at all.
+
+    Everything is written to a hidden folder first (which the push skips) and moved into place only once the whole
+    save succeeded, so a full disk leaves the folder as it was, not a truncated tokenizer.json beside new weights.
+    """
+    staging = output_dir / ".tmp-final-model"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        processor.save_pretrained(staging)
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(
+            f"Saving the final model into {output_dir} failed ({err}); {shutil.disk_usage(output_dir).free / 1e9:.1f} "
+            "GB are free there. Free space, then rerun with --resume_from_checkpoint latest: it resumes from the last "
+            "checkpoint and saves again."
+        ) from err
+    for path in staging.iterdir():
+        os.replace(path, output_dir / path.name)  # atomic per file, on one filesystem
+    staging.rmdir()
+
+
 def check_full_model(output_dir: str) -> None:
-    """Refuse to push weights that do not make the whole model, such as one FSDP rank's shard of it."""
+    """Refuse to push what is not a whole model with its processor: one FSDP rank's shard of the weights, or a
+    tokenizer or feature extractor file a full disk truncated."""
     advice = (
         "Push only what a finished run saved: rerun the training command with --resume_from_checkpoint latest, "
         "which gathers the full weights from every rank at the end, then --push_only again."
@@ -761,6 +787,13 @@ def check_full_model(output_dir: str) -> None:
             f"{len(info['mismatched_keys'])} of the wrong shape (first: "
             f"{min(map(str, info['missing_keys'] or info['mismatched_keys']))}). {advice}"
         )
+    try:
+        WhisperProcessor.from_pretrained(output_dir)
+    except (OSError, ValueError, TypeError) as err:  # a truncated JSON file raises JSONDecodeError, a ValueError
+        raise ValueError(
+            f"{output_dir} holds no loadable processor (tokenizer and feature extractor: {str(err).splitlines()[0]}). "
+            f"{advice}"
+        ) from err
 
 
 def _scalars(values: dict) -> dict:

@@ -4,6 +4,7 @@ import io
 import logging
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +12,18 @@ import soundfile as sf
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from kspon_dataset.corpus import pcm_to_wav
 from kspon_whisper.data import wav_samples
-from train_accelerate import TrainConfig, Trainer, explain_out_of_memory, parse_config
+from train_accelerate import (
+    TrainConfig,
+    Trainer,
+    check_full_model,
+    explain_out_of_memory,
+    parse_config,
+    save_final_model,
+)
 
 
 def test_wav_samples_reads_the_loading_scripts_wav_without_decoding():
@@ -100,3 +109,26 @@ def test_zero_epochs_and_bad_yaml_are_refused_in_words(tmp_path):
         parse_config(["--config", str(broken)])
     # --push_only checks only what a push needs, exactly as the push-failure message prints the command
     assert parse_config(["--push_only", "--output_dir", "runs/x", "--hub_model_id", "me/x"]).push_only
+
+
+def test_the_final_save_is_all_or_nothing_and_push_only_checks_the_processor(tiny_whisper_dir, tmp_path, monkeypatch):
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    out = tmp_path / "run"
+    out.mkdir()
+    save_final_model(model, None, processor, out)
+    check_full_model(str(out))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(folder, **kwargs):
+        (Path(folder) / "tokenizer.json").write_text('{"trunc')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(processor, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="Saving the final model into .* failed .* GB are free there"):
+        save_final_model(model, None, processor, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched, no staging folder left
+
+    (out / "tokenizer.json").write_text('{"trunc')  # what a full disk did to a save made in place
+    with pytest.raises(ValueError, match="holds no loadable processor"):
+        check_full_model(str(out))
