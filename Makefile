@@ -29,8 +29,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python tools/offline_whisper.py --output_dir models/whisper-base
 	$(BIN)/accelerate launch --config_file configs/cpu.yaml train_accelerate.py --config configs/demo.yaml
 
-# The whole suite on the current stack (datasets 5.x), then the data tests again under datasets 3.6.
-test: $(VENV)/.installed $(VENV_DATASETS3)/.installed
+# Lint, the whole suite on the current stack (datasets 5.x), then the data tests again under datasets 3.6.
+test: $(VENV)/.installed $(VENV_DATASETS3)/.installed lint
 	$(BIN)/python -m pytest -q
 	$(VENV_DATASETS3)/bin/python -m pytest -q $(DATA_TESTS)
 

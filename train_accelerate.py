@@ -29,9 +29,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import sys
 import time
 import weakref
@@ -51,7 +49,13 @@ from transformers import HfArgumentParser, WhisperForConditionalGeneration, Whis
 
 from kspon_dataset.corpus import SPLIT_SCHEMES
 from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
-from kspon_whisper.checkpoints import load_loop_state, resolve_checkpoint, save_checkpoint
+from kspon_whisper.checkpoints import (
+    check_full_model,
+    load_loop_state,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_final_model,
+)
 from kspon_whisper.data import ModelInputs, PassCounter, load_splits, make_dataloader, set_epoch, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, write_predictions
 from kspon_whisper.export import check_export_options, export_ct2
@@ -745,55 +749,6 @@ def end_distributed(accelerator: Accelerator, model: weakref.ref) -> None:
     if accelerator.num_processes > 1 and model() is not None:
         logger.warning("The model is still referenced at exit: destroying the process group may deadlock.")
     accelerator.end_training()  # trackers, then torch.distributed.destroy_process_group()
-
-
-def save_final_model(model, state_dict: dict | None, processor: WhisperProcessor, output_dir: Path) -> None:
-    """Write the model and processor beside a finished run's other files, each file complete or not there at all.
-
-    Everything is written to a hidden folder first (which the push skips) and moved into place only once the whole
-    save succeeded, so a full disk leaves the folder as it was, not a truncated tokenizer.json beside new weights.
-    """
-    staging = output_dir / ".tmp-final-model"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-        processor.save_pretrained(staging)
-    except (OSError, RuntimeError) as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OSError(
-            f"Saving the final model into {output_dir} failed ({err}); {shutil.disk_usage(output_dir).free / 1e9:.1f} "
-            "GB are free there. Free space, then rerun with --resume_from_checkpoint latest: it resumes from the last "
-            "checkpoint and saves again."
-        ) from err
-    for path in staging.iterdir():
-        os.replace(path, output_dir / path.name)  # atomic per file, on one filesystem
-    staging.rmdir()
-
-
-def check_full_model(output_dir: str) -> None:
-    """Refuse to push what is not a whole model with its processor: one FSDP rank's shard of the weights, or a
-    tokenizer or feature extractor file a full disk truncated."""
-    advice = (
-        "Push only what a finished run saved: rerun the training command with --resume_from_checkpoint latest, "
-        "which gathers the full weights from every rank at the end, then --push_only again."
-    )
-    try:
-        _, info = WhisperForConditionalGeneration.from_pretrained(output_dir, output_loading_info=True)
-    except (OSError, RuntimeError, ValueError) as err:  # no weights, or tensors whose shapes do not fit the config
-        raise ValueError(f"{output_dir} holds no loadable full model ({str(err).splitlines()[0]}). {advice}") from err
-    if info["missing_keys"] or info["mismatched_keys"]:
-        raise ValueError(
-            f"{output_dir} holds an incomplete model: {len(info['missing_keys'])} tensors missing, "
-            f"{len(info['mismatched_keys'])} of the wrong shape (first: "
-            f"{min(map(str, info['missing_keys'] or info['mismatched_keys']))}). {advice}"
-        )
-    try:
-        WhisperProcessor.from_pretrained(output_dir)
-    except (OSError, ValueError, TypeError) as err:  # a truncated JSON file raises JSONDecodeError, a ValueError
-        raise ValueError(
-            f"{output_dir} holds no loadable processor (tokenizer and feature extractor: {str(err).splitlines()[0]}). "
-            f"{advice}"
-        ) from err
 
 
 def _scalars(values: dict) -> dict:

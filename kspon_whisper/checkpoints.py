@@ -1,4 +1,4 @@
-"""Atomic checkpoints around `accelerator.save_state`, with per-rank loop state.
+"""Atomic checkpoints around `accelerator.save_state`, with per-rank loop state; the final model, saved whole.
 
 Accelerate's `save_state` is not atomic: a crash mid-save leaves a truncated folder, a missing RNG file is only
 logged at INFO level on load, and with `automatic_checkpoint_naming` + `total_limit` the oldest checkpoint is
@@ -13,11 +13,13 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -189,3 +191,52 @@ def load_loop_state(checkpoint: Path, rank: int, num_processes: int) -> dict:
             f"with {written_by} processes (not {num_processes}), or start a new run from its weights."
         )
     return torch.load(loop_state_file(checkpoint, rank), weights_only=False)
+
+
+def save_final_model(model, state_dict: dict | None, processor: WhisperProcessor, output_dir: Path) -> None:
+    """Write the model and processor beside a finished run's other files, each file complete or not there at all.
+
+    Everything is written to a hidden folder first (which the push skips) and moved into place only once the whole
+    save succeeded, so a full disk leaves the folder as it was, not a truncated tokenizer.json beside new weights.
+    """
+    staging = output_dir / ".tmp-final-model"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        processor.save_pretrained(staging)
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(
+            f"Saving the final model into {output_dir} failed ({err}); {shutil.disk_usage(output_dir).free / 1e9:.1f} "
+            "GB are free there. Free space, then rerun with --resume_from_checkpoint latest: it resumes from the last "
+            "checkpoint and saves again."
+        ) from err
+    for path in staging.iterdir():
+        os.replace(path, output_dir / path.name)  # atomic per file, on one filesystem
+    staging.rmdir()
+
+
+def check_full_model(output_dir: str) -> None:
+    """Refuse to push what is not a whole model with its processor: one FSDP rank's shard of the weights, or a
+    tokenizer or feature extractor file a full disk truncated."""
+    advice = (
+        "Push only what a finished run saved: rerun the training command with --resume_from_checkpoint latest, "
+        "which gathers the full weights from every rank at the end, then --push_only again."
+    )
+    try:
+        _, info = WhisperForConditionalGeneration.from_pretrained(output_dir, output_loading_info=True)
+    except (OSError, RuntimeError, ValueError) as err:  # no weights, or tensors whose shapes do not fit the config
+        raise ValueError(f"{output_dir} holds no loadable full model ({str(err).splitlines()[0]}). {advice}") from err
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise ValueError(
+            f"{output_dir} holds an incomplete model: {len(info['missing_keys'])} tensors missing, "
+            f"{len(info['mismatched_keys'])} of the wrong shape (first: "
+            f"{min(map(str, info['missing_keys'] or info['mismatched_keys']))}). {advice}"
+        )
+    try:
+        WhisperProcessor.from_pretrained(output_dir)
+    except (OSError, ValueError, TypeError) as err:  # a truncated JSON file raises JSONDecodeError, a ValueError
+        raise ValueError(
+            f"{output_dir} holds no loadable processor (tokenizer and feature extractor: {str(err).splitlines()[0]}). "
+            f"{advice}"
+        ) from err
