@@ -59,10 +59,11 @@ from kspon_whisper.checkpoints import (
 from kspon_whisper.data import ModelInputs, PassCounter, load_splits, make_dataloader, set_epoch, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, write_predictions
 from kspon_whisper.export import check_export_options, export_ct2
-from kspon_whisper.hub import NOT_HYPERPARAMETERS, check_hub_access, push_output_dir, write_model_card
+from kspon_whisper.hub import check_hub_access, push_output_dir
 from kspon_whisper.inference import MAX_NEW_TOKENS, NUM_BEAMS, GenerationSettings, set_korean_transcription
 from kspon_whisper.lora import add_lora, merge_lora, parameter_line
 from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
+from kspon_whisper.model_card import NOT_HYPERPARAMETERS, write_model_card
 from kspon_whisper.timestamps import timestamp_labels
 
 logger = logging.getLogger("train_accelerate")

@@ -30,8 +30,8 @@ from kspon_whisper.hub import (
     check_hub_access,
     files_to_push,
     push_output_dir,
-    write_model_card,
 )
+from kspon_whisper.model_card import write_model_card
 
 FAKE_TOKEN = "hf_test_secret_DO_NOT_LEAK_7f3a9c"
 REPO_ID = "me/whisper-small-kspon"

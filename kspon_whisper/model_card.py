@@ -1,0 +1,121 @@
+"""The model card: `model_card.md`, a Jinja template rendered by `ModelCard.from_template`, with a model-index.
+
+Written at the end of every run, pushed or not; `kspon_whisper.hub` uploads it with the model.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from kspon_dataset.corpus import CORPUS_HOURS, HOMEPAGE, SPLIT_SCHEMES
+from kspon_dataset.kspon_dataset import _CITATION as KSPON_CITATION
+from kspon_dataset.normalize import MODES as DATASET_CONFIGS
+
+from .lora import card_sentence as lora_sentence
+
+logger = logging.getLogger(__name__)
+
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
+# `kspon_whisper.metrics.score` keys and their display names; values are fractions, the card shows percentages.
+METRICS = {"cer": "CER", "wer": "WER", "swer": "sWER", "cer_nospace": "Space-free CER"}
+OFFICIAL_EVAL_SPLITS = {"eval_clean": 3000, "eval_other": 3000}  # the official evaluation sets and their sizes
+FRAMEWORKS = ("transformers", "torch", "accelerate", "datasets", "huggingface_hub")
+# Not hyperparameters: where the run read and wrote, and how it published. Local paths do not belong in a card.
+NOT_HYPERPARAMETERS = {"data_dir", "output_dir", "resume_from_checkpoint", "trained_ids_dir", "push_only"}
+
+
+def write_model_card(
+    output_dir: str | Path,
+    *,
+    hub_model_id: str | None,
+    base_model: str,
+    metrics: dict[str, dict[str, float]],
+    hyperparameters: dict[str, object],
+    scoring_normalization: str,
+    dataset_config: str = "spelling",
+    split_scheme: str = "random",
+) -> Path:
+    """Write `output_dir/README.md`: metadata with a model-index (one result per split and metric) and the card.
+
+    `metrics` maps a split to `kspon_whisper.metrics.score` output (fractions; `num_*` counts ride along). With
+    eval_clean / eval_other scored, the card sets the model beside published systems.
+    """
+    if dataset_config not in DATASET_CONFIGS:
+        raise ValueError(f"dataset_config is {dataset_config!r}; expected one of {', '.join(DATASET_CONFIGS)}")
+    if split_scheme not in SPLIT_SCHEMES:
+        raise ValueError(f"split_scheme is {split_scheme!r}; expected one of {', '.join(SPLIT_SCHEMES)}")
+    percents = {split: _percents(split, values) for split, values in metrics.items()}
+    output_dir = Path(output_dir)
+    model_name = hub_model_id.split("/")[-1] if hub_model_id else output_dir.resolve().name
+    local_base = Path(base_model).exists()  # a local folder is no Hub id: no link, and no base_model metadata
+    results = [
+        # dataset_type names the builder in kspon_dataset/: the corpus is on AI Hub, not on the Hub
+        EvalResult("automatic-speech-recognition", "kspon_speech", "KsponSpeech", key, value, metric_name=METRICS[key],
+                   dataset_config=dataset_config, dataset_split=split)
+        for split, values in percents.items()
+        for key, value in values.items()
+    ]  # fmt: skip
+    card_data = ModelCardData(
+        language="ko",
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="automatic-speech-recognition",
+        base_model=None if local_base else base_model,
+        tags=["automatic-speech-recognition", "whisper", "korean", "kspon-speech"],
+        metrics=sorted({result.metric_type for result in results}) or None,
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        model_name=model_name,
+        hub_model_id=hub_model_id,
+        base_model=base_model,
+        local_base=local_base,
+        corpus_hours=CORPUS_HOURS,
+        corpus_homepage=HOMEPAGE,
+        dataset_config=dataset_config,
+        split_scheme=split_scheme,
+        metric_names=METRICS,
+        results=percents,
+        official=[f"`{split}`" for split in OFFICIAL_EVAL_SPLITS if split in percents],
+        held_out=[f"`{split}`" for split in ("validation", "test") if split in percents],
+        partial=[
+            f"`{split}` ({metrics[split]['num_scored']:,} utterances scored; the official set has {size:,})"
+            for split, size in OFFICIAL_EVAL_SPLITS.items()
+            if metrics.get(split, {}).get("num_scored", size) != size
+        ],
+        scoring_normalization=scoring_normalization,
+        lora_sentence=lora_sentence(hyperparameters),
+        ct2_folders=sorted(p.name for p in output_dir.glob("ct2-*") if (p / "model.bin").is_file()),
+        hyperparameters=sorted((k, v) for k, v in hyperparameters.items() if k not in NOT_HYPERPARAMETERS),
+        versions=[(name, importlib.metadata.version(name)) for name in FRAMEWORKS],  # all are requirements
+        kspon_citation=KSPON_CITATION.strip(),
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    card.save(output_dir / "README.md")
+    logger.info("Wrote model card %s", output_dir / "README.md")
+    return output_dir / "README.md"
+
+
+def _percents(split: str, values: dict[str, float]) -> dict[str, float]:
+    """The split's metrics in percent, rounded to 2 decimals, after checking each is a plausible fraction."""
+    percents = {}
+    for key, value in values.items():
+        if key.startswith("num_"):
+            continue
+        if key not in METRICS:
+            raise ValueError(f"metrics[{split!r}] has unknown metric {key!r}; expected {', '.join(METRICS)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"metrics[{split!r}][{key!r}] is {value!r}; expected a finite, non-negative fraction such as 0.0785. "
+                "A NaN or inf usually means the split was empty or evaluation diverged."
+            )
+        percents[key] = round(100 * float(value), 2)
+    return percents
