@@ -1,0 +1,339 @@
+"""Do timestamps survive fine-tuning? The demo's fine-tune with and without timestamp labels, decoded with timestamps.
+
+    python benchmarks/timestamps.py --write_results
+
+1. The realised share of timestamped labels: through the trainer's own loader and batcher on the sample's training
+   split (several epochs), and over the full corpus's 622,545 ids.
+2. Two fine-tunes of the real Whisper base on the sample corpus, one after the other, exactly the demo's
+   (`configs/demo.yaml`), one with `--timestamp_probability 0` and one with the default; only the final evaluation is
+   cut to the test split to save time. A run whose output_dir holds a finished run is reused.
+3. Each model, and the untouched base as a reference, decodes with `return_timestamps=True`:
+   (a) every held-out clip (test, eval_clean, eval_other), one 30 s window each: is the output well-formed (starts
+       with a timestamp, timestamps non-decreasing, a closing timestamp, end <= clip duration + 0.02 s)?
+   (b) long audio (> 30 s: each held-out split's clips joined with 1 s pauses) through transformers' long-form
+       generation: are segment times non-decreasing and inside the audio, how many segments, CER of the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.data_pipeline import write_section  # noqa: E402
+from benchmarks.full_scale import machine_line  # noqa: E402
+from kspon_dataset.corpus import SAMPLE_RATE, read_utterance  # noqa: E402
+from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher  # noqa: E402
+from kspon_whisper.metrics import score  # noqa: E402
+from kspon_whisper.timestamps import TIME_PRECISION, timestamp_labels  # noqa: E402
+
+RESULTS_FILE = REPO / "benchmarks" / "RESULTS.md"
+SECTION = "## Timestamps after fine-tuning"
+SAMPLE = REPO / "kspon_dataset" / "sample"
+BASE = REPO / "models" / "whisper-base"
+HELD_OUT = ("test", "eval_clean", "eval_other")
+# Long files: the sample's clips are short (~1.2 s), so test alone with its pauses stays under 30 s.
+LONG_FILES = {"test + eval_clean": ("test", "eval_clean"), "eval_other": ("eval_other",)}
+DEFAULT_PROBABILITY = 0.2  # TrainConfig.timestamp_probability
+BASE_NAME = "base (untouched)"
+SEED = 42  # TrainConfig.seed, the demo's
+SHARE_EPOCHS = 20
+CORPUS_UTTERANCES = 622_545
+PAUSE_S = 1.0
+BATCH = 8
+MAX_NEW_TOKENS = 225  # kspon_whisper.evaluation.MAX_NEW_TOKENS
+
+
+def train_command(output_dir: Path, probability: float | None) -> list[str]:
+    command = ["accelerate", "launch", "--config_file", "configs/cpu.yaml", "train_accelerate.py"]
+    output_dir = output_dir.resolve()
+    shown = output_dir.relative_to(REPO) if output_dir.is_relative_to(REPO) else output_dir
+    command += ["--config", "configs/demo.yaml", "--output_dir", str(shown), "--final_eval_splits", "test"]
+    return command + ([] if probability is None else ["--timestamp_probability", f"{probability:g}"])
+
+
+def fine_tune(output_dir: Path, probability: float | None) -> dict:
+    """One demo fine-tune (or the one already there); its log is output_dir/train.log."""
+    command = train_command(output_dir, probability)
+    if not (output_dir / "metrics.json").exists():  # written last, after the final evaluation
+        output_dir.mkdir(parents=True, exist_ok=True)
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", *command[2:]]
+        with (output_dir / "train.log").open("w") as log:
+            subprocess.run(launcher, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    return {
+        "command": shlex.join(command),
+        "test_cer": metrics["test"]["cer"],
+        "validation_cer": metrics["validation"]["cer"],
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. The realised share
+
+
+def realised_share(processor, generation_config) -> dict:
+    """Timestamped labels per epoch in the batches that the trainer's loader makes of the sample's train split."""
+    timestamps = timestamp_labels(processor.tokenizer, generation_config, probability=DEFAULT_PROBABILITY, seed=SEED)
+    splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
+    start = generation_config.decoder_start_token_id
+    batcher = dataclasses.replace(speech_batcher(processor, start, log_mel_on_device=True), timestamps=timestamps)
+    loader = make_dataloader(
+        splits["train"], batcher, batch_size=8, num_workers=1, rank=0, world_size=1, seed=SEED, shuffle=True
+    )
+    per_epoch = []
+    for epoch in range(SHARE_EPOCHS):
+        set_epoch(loader, epoch)
+        marked = total = 0
+        for batch in loader:
+            labels = batch["labels"]
+            marked += int((labels == timestamps.timestamp_ids[0]).any(dim=1).sum())
+            total += labels.shape[0]
+        per_epoch.append(marked / total)
+    ids = [f"KsponSpeech_{i:06d}" for i in range(1, CORPUS_UTTERANCES + 1)]
+    corpus = sum(timestamps.chosen(uid, 0) for uid in ids) / len(ids)
+    return {"train_clips": total, "per_epoch": per_epoch, "corpus": corpus}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3. Decoding with timestamps
+
+
+def held_out_clips() -> dict[str, list[dict]]:
+    """{split: [{"id", "audio" float32, "text", "duration"}]} for the sample's held-out splits, in id order."""
+    splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
+    clips = {}
+    for name in HELD_OUT:
+        rows = [read_utterance(splits[name].data, i, "spelling")[0] for i in range(len(splits[name]))]
+        clips[name] = [
+            {**row, "audio": np.frombuffer(row["pcm"], "<i2").astype(np.float32) / 32768}
+            for row in sorted(filter(None, rows), key=lambda r: r["id"])
+        ]
+    return clips
+
+
+def generate(model, processor, features: torch.Tensor, **kwargs) -> dict:
+    kwargs = dict(language="ko", task="transcribe", return_timestamps=True, **kwargs)
+    with torch.inference_mode():
+        return model.generate(features, return_dict_in_generate=True, **kwargs)
+
+
+def timestamp_checks(tokens: list[int], duration: float, begin: int, eos: int) -> dict:
+    """Is one window's output well-formed: starts with a timestamp, non-decreasing, closed, ends inside the clip?"""
+    tokens = [t for t in tokens if t != eos]
+    times = [(t - begin) * TIME_PRECISION for t in tokens if t >= begin]
+    checks = {
+        "starts": bool(tokens) and tokens[0] >= begin,
+        "monotonic": all(a <= b for a, b in itertools.pairwise(times)),
+        "closed": len(times) >= 2 and tokens[-1] >= begin,
+        "inside": bool(times) and times[-1] <= duration + TIME_PRECISION + 1e-6,
+    }
+    checks["well_formed"] = all(checks.values())
+    checks["end_error"] = times[-1] - duration if checks["closed"] else None
+    return checks
+
+
+def decode_clips(model, processor, clips: list[dict]) -> dict:
+    begin = model.generation_config.no_timestamps_token_id + 1
+    eos = model.generation_config.eos_token_id
+    checks, references, hypotheses = [], [], []
+    for i in range(0, len(clips), BATCH):
+        batch = clips[i : i + BATCH]
+        features = processor.feature_extractor(
+            [c["audio"] for c in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        ).input_features
+        sequences = generate(model, processor, features, max_new_tokens=MAX_NEW_TOKENS)["sequences"]
+        for clip, tokens in zip(batch, sequences.tolist(), strict=True):
+            checks.append(timestamp_checks(tokens, clip["duration"], begin, eos))
+            references.append(clip["text"])
+            hypotheses.append(processor.decode(tokens, skip_special_tokens=True).strip())
+    errors = [abs(c["end_error"]) for c in checks if c["end_error"] is not None]
+    return {
+        "clips": len(checks),
+        **{key: sum(c[key] for c in checks) for key in ("starts", "monotonic", "closed", "inside", "well_formed")},
+        "median_abs_end_error_s": statistics.median(errors) if errors else None,
+        "cer": score(references, hypotheses)["cer"],
+    }
+
+
+def long_audio(clips: list[dict]) -> dict:
+    """The clips joined with 1 s pauses; where each clip starts and ends in it."""
+    pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), dtype=np.float32)
+    pieces, bounds, position = [], [], 0
+    for clip in clips:
+        pieces += [clip["audio"], pause]
+        bounds.append((position / SAMPLE_RATE, (position + len(clip["audio"])) / SAMPLE_RATE))
+        position += len(clip["audio"]) + len(pause)
+    audio = np.concatenate(pieces[:-1])
+    if len(audio) <= 30 * SAMPLE_RATE:
+        raise ValueError(f"{len(audio) / SAMPLE_RATE:.1f} s of audio is not long-form: join more clips.")
+    return {
+        "audio": audio,
+        "duration": len(audio) / SAMPLE_RATE,
+        "bounds": bounds,
+        "text": " ".join(c["text"] for c in clips),
+    }
+
+
+def decode_long(model, processor, long: dict) -> dict:
+    inputs = processor.feature_extractor(
+        long["audio"],
+        sampling_rate=SAMPLE_RATE,
+        truncation=False,
+        padding="longest",
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    out = generate(
+        model,
+        processor,
+        inputs.input_features,
+        attention_mask=inputs.attention_mask,
+        return_segments=True,
+        max_new_tokens=MAX_NEW_TOKENS,  # per 30 s window, as the trainer's evaluation caps it
+    )
+    segments = [(float(s["start"]), float(s["end"])) for s in out["segments"][0]]
+    times = [t for segment in segments for t in segment]
+    clip_ends = [end for _, end in long["bounds"]]
+    end_errors = [min(abs(end - e) for e in clip_ends) for _, end in segments]
+    text = processor.decode(out["sequences"][0], skip_special_tokens=True).strip()
+    return {
+        "duration": long["duration"],
+        "clips": len(long["bounds"]),
+        "segments": len(segments),
+        "monotonic": all(a <= b for a, b in itertools.pairwise(times)),
+        "inside": all(0 <= t <= long["duration"] + TIME_PRECISION + 1e-6 for t in times),
+        "past_end_s": max(times, default=0.0) - long["duration"],
+        "median_end_to_clip_end_s": statistics.median(end_errors) if end_errors else None,
+        "cer": score([long["text"]], [text])["cer"],
+    }
+
+
+def decode_model(model_dir: Path, clips: dict[str, list[dict]]) -> dict:
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
+    model.generation_config.forced_decoder_ids = None
+    everything = [clip for name in HELD_OUT for clip in clips[name]]
+    return {
+        "clips": decode_clips(model, processor, everything),
+        "long": {
+            name: decode_long(model, processor, long_audio([clip for split in splits for clip in clips[split]]))
+            for name, splits in LONG_FILES.items()
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def report(results: dict, command: str) -> str:
+    share, epochs = results["share"], results["share"]["per_epoch"]
+    runs = [
+        f"  - {name}: `{run['command']}`; CER without timestamps (the trainer's final evaluation): validation "
+        f"{run['validation_cer']:.3f}, test {run['test_cer']:.3f}"
+        for name, run in results["runs"].items()
+    ]
+    share_line = (
+        f"- Realised share of timestamped labels at p = {DEFAULT_PROBABILITY} (seed {SEED}), counted in the trainer's "
+        f"batches of the sample's {share['train_clips']} training clips: {min(epochs):.2f} to {max(epochs):.2f} per "
+        f"epoch, {statistics.mean(epochs):.3f} over {len(epochs)} epochs; over the full corpus's "
+        f"{CORPUS_UTTERANCES:,} ids (epoch 0): {share['corpus']:.4f}."
+    )
+    clips_intro = (
+        f"{results['models'][BASE_NAME]['clips']['clips']} clips (test, eval_clean, eval_other), one 30 s window "
+        "each. Well-formed: starts with a timestamp, timestamps non-decreasing, closed by a timestamp before `"
+        "<|endoftext|>`, the last one <= the clip's duration + 0.02 s. `generate`'s timestamp logits processor forces "
+        "the first timestamp and the order, so what can fail is 'closed' and 'end inside'. CER is of the text decoded "
+        "in timestamp mode."
+    )
+    long_intro = (
+        f"Held-out clips joined in id order with {PAUSE_S:.0f} s pauses and decoded as one file "
+        '(`truncation=False, padding="longest", return_attention_mask=True`; `return_timestamps=True, '
+        "return_segments=True`, at most 225 new tokens per window). 'Ordered': every segment's start and end "
+        "non-decreasing through the file; 'inside': every time in [0, duration + 0.02 s] (if not: the last time "
+        "minus the duration); 'end to clip end': median distance from a segment's end to the nearest true clip end."
+    )
+    lines = [SECTION, "", f"- Command: `{command}`", machine_line()]
+    lines += ["- Fine-tunes, one after the other, each exactly the demo's training (final evaluation cut to test):"]
+    notes = (
+        "- The sample is synthetic (espeak-ng) and its clips are short (~1.2 s): every timestamped training label is "
+        "one segment spanning a clip, and in the long files the 1 s pauses are where segments should end. Decoding "
+        "is greedy, in one thread."
+    )
+    lines += [*runs, share_line, notes, "", "### Held-out clips, `generate(..., return_timestamps=True)`", ""]
+    lines += [clips_intro, ""]
+    lines += ["| model | well-formed | closed | end inside | median abs(end - duration) s | CER |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for name, decoded in results["models"].items():
+        c = decoded["clips"]
+        end = "-" if c["median_abs_end_error_s"] is None else f"{c['median_abs_end_error_s']:.2f}"
+        lines.append(
+            f"| {name} | {c['well_formed']} / {c['clips']} | {c['closed']} | {c['inside']} | {end} | {c['cer']:.3f} |"
+        )
+    lines += ["", "### Long audio, transformers' long-form generation", "", long_intro, ""]
+    lines += ["| model | file | segments | ordered | inside | end to clip end s | CER |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for name, decoded in results["models"].items():
+        for file, long in decoded["long"].items():
+            gap = "-" if long["median_end_to_clip_end_s"] is None else f"{long['median_end_to_clip_end_s']:.2f}"
+            inside = "yes" if long["inside"] else f"no ({long['past_end_s']:+.2f} s)"
+            lines.append(
+                f"| {name} | {file}: {long['clips']} clips, {long['duration']:.1f} s | {long['segments']} | "
+                f"{'yes' if long['monotonic'] else 'no'} | {inside} | {gap} | {long['cer']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "timestamps")
+    parser.add_argument("--write_results", action="store_true", help=f"write the section into {RESULTS_FILE}")
+    parser.add_argument("--json", type=Path, help="also write every measured number here")
+    args = parser.parse_args(argv)
+    from transformers import GenerationConfig, WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(BASE)
+    processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
+    results = {"share": realised_share(processor, GenerationConfig.from_pretrained(BASE))}
+    print(json.dumps(results["share"]), flush=True)
+    runs = {
+        "p = 0": (args.runs_dir / "p0", 0.0),
+        f"p = {DEFAULT_PROBABILITY} (default)": (args.runs_dir / "p-default", None),
+    }
+    results["runs"] = {name: fine_tune(out, p) for name, (out, p) in runs.items()}
+    clips = held_out_clips()
+    # Decoding steps are small ops: on a shared 2-core machine a second thread spins at every op boundary while
+    # others hold the core (measured 8x slower with 2 threads than with 1 under a load of 8).
+    torch.set_num_threads(1)
+    models = {BASE_NAME: BASE} | {name: out for name, (out, _) in runs.items()}
+    results["models"] = {}
+    for name, model_dir in models.items():
+        results["models"][name] = decode_model(model_dir, clips)
+        print(name, json.dumps(results["models"][name]), flush=True)
+    command = "python benchmarks/timestamps.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    section = report(results, command.strip())
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.write_results:
+        write_section(RESULTS_FILE, section)
+    return results
+
+
+if __name__ == "__main__":
+    main()
