@@ -16,6 +16,7 @@ from transformers import WhisperFeatureExtractor
 _INT16_SCALE = 32768.0  # int16 PCM full scale, maps to [-1, 1) like soundfile/librosa do
 _LOG_FLOOR = 1e-10  # Whisper clamps mel power here before log10
 _DYNAMIC_RANGE = 8.0  # log10 units (80 dB) kept below each example's peak
+CHUNK_FRAMES = 3000  # STFT frames computed at a time: one 30 s window, so a training batch is one chunk
 
 
 class LogMelSpectrogram(torch.nn.Module):
@@ -56,22 +57,29 @@ class LogMelSpectrogram(torch.nn.Module):
             waveform = _to_float32(audio)
             if pad_or_trim:
                 waveform = self._pad_or_trim(waveform)
-            stft = torch.stft(
-                waveform,
-                self.n_fft,
-                self.hop_length,
-                window=self.window.float(),
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
-            # The extractor drops the last frame: 480000 / 160 + 1 frames -> 3000.
-            power = torch.view_as_real(stft[..., :-1]).square().sum(-1)
-            mel = self.mel_filters.float() @ power
-            log_spec = mel.clamp_min(_LOG_FLOOR).log10()
+            # The extractor drops the STFT's last frame: 480000 / 160 + 1 frames -> 3000.
+            num_frames = waveform.shape[-1] // self.hop_length
+            log_spec = waveform.new_empty(waveform.shape[0], self.n_mels, num_frames)
+            for first in range(0, num_frames, CHUNK_FRAMES):
+                last = min(first + CHUNK_FRAMES, num_frames)
+                log_spec[..., first:last] = self._log10_mel(waveform, first, last)
             peak = log_spec.amax(dim=(1, 2), keepdim=True)
-            log_spec = torch.maximum(log_spec, peak - _DYNAMIC_RANGE)
-            return (log_spec + 4.0) / 4.0
+            log_spec = torch.maximum(log_spec, peak - _DYNAMIC_RANGE, out=log_spec)
+            return log_spec.add_(4.0).div_(4.0)
+
+    def _log10_mel(self, waveform: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """log10 mel power of frames [first, last) of the centred, reflect-padded STFT, from only the samples those
+        frames cover: a long file's spectrogram is never whole in memory as complex numbers (2.5 GB for 30 minutes)."""
+        half, length = self.n_fft // 2, waveform.shape[-1]
+        start, end = first * self.hop_length - half, (last - 1) * self.hop_length + half
+        piece = waveform[:, max(start, 0) : min(end, length)]
+        if start < 0 or end > length:  # the file's own ends: reflected, as torch.stft(center=True) pads them
+            piece = torch.nn.functional.pad(piece, (max(-start, 0), max(end - length, 0)), mode="reflect")
+        stft = torch.stft(
+            piece, self.n_fft, self.hop_length, window=self.window.float(), center=False, return_complex=True
+        )
+        power = torch.view_as_real(stft).square().sum(-1)
+        return (self.mel_filters.float() @ power).clamp_min(_LOG_FLOOR).log10()
 
     def attention_mask(self, lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
         """(batch, num_frames) int32 mask of the frames that hold audio, for rows of `lengths` samples padded to a

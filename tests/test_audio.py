@@ -1,12 +1,16 @@
 """The one audio reader: every format gives the samples the trainer reads, and bad files say what is wrong."""
 
+import math
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from kspon_dataset.corpus import pcm_samples, pcm_to_wav
+from kspon_whisper import audio
 from kspon_whisper.audio import read_audio, wav_samples
 
 CLIP = Path(__file__).parent / "data" / "ko_greeting.wav"
@@ -48,6 +52,26 @@ def test_other_rates_and_channels_become_16k_mono(tmp_path):
     assert np.abs(audio[middle] - tone(16_000)[middle]).max() < 1e-3
     as_int16 = read_audio(tmp_path / "tone.flac", dtype="int16")
     assert as_int16.dtype == np.int16 and np.abs(as_int16 / 32768 - audio).max() <= 0.5 / 32768
+
+
+def test_a_long_file_is_read_in_blocks_not_whole(tmp_path, monkeypatch):
+    # 64 blocks of 44.1 kHz stereo: only the 16 kHz mono result may be whole in memory (a 30-minute file would
+    # otherwise peak at ~1 GB of float32), and the blocks must give what resampling the whole file at once gives.
+    monkeypatch.setattr(audio, "BLOCK_FRAMES", 4_096)
+    rng = np.random.default_rng(0)
+    source = (0.1 * rng.standard_normal((64 * 4_096 + 123, 2))).astype(np.float32)
+    sf.write(tmp_path / "talk.flac", source, 44_100, subtype="PCM_16")
+    tracemalloc.start()
+    try:
+        mono = read_audio(tmp_path / "talk.flac")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    decoded = sf.read(tmp_path / "talk.flac", dtype="float32")[0]
+    whole = soxr.resample(decoded.mean(axis=1), 44_100, 16_000, quality="HQ")
+    assert len(mono) == math.ceil(len(source) * 16_000 / 44_100) == len(whole)
+    assert np.array_equal(mono, whole)
+    assert peak < 1.5 * mono.nbytes, f"peak {peak:,} bytes for {mono.nbytes:,} of output: the file was read whole"
 
 
 def test_bad_files_name_the_file_and_the_problem(tmp_path):

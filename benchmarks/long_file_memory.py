@@ -1,0 +1,114 @@
+"""Peak memory of transcribe.py on one long 44.1 kHz stereo file, against a short one: what the file itself costs.
+
+    python benchmarks/long_file_memory.py --minutes 30 --write_results   # ~2 min on 2 cores, 320 MB of /tmp
+
+A file of `--minutes` of noise (44.1 kHz, stereo, 16-bit WAV) and a 12 s one are written to a temporary folder, and
+`transcribe.py` decodes each in its own process with a 2-layer random Whisper (`random_whisper`, with the real
+processor) and 4 new tokens per 30 s window, so the model and the decoding add little and the audio path is what
+is measured: the reader (`kspon_whisper.audio`, block by block), the batch and the log-mel of the whole file
+(`LogMelSpectrogram`, 30 s of STFT at a time). Reported: each process's peak resident memory (`wait4`), the
+difference, and the 16 kHz float32 waveform's own size for scale; also `read_audio` alone under tracemalloc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.data_pipeline import write_section  # noqa: E402
+from benchmarks.full_scale import machine_line  # noqa: E402
+from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
+from kspon_whisper.audio import read_audio  # noqa: E402
+from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
+
+RESULTS_FILE = REPO / "benchmarks" / "RESULTS.md"
+# Measured once at commit 23add55 (read whole, librosa resampling, one STFT over the file) on the same machine with
+# `/usr/bin/time -f %M python transcribe.py --model <this model> --max_new_tokens 4 <the 30-minute file>`.
+BEFORE = "Before block reading and 30 s log-mel chunks (commit 23add55) the 30-minute file peaked at 1,789 MiB."
+SECTION = "## Memory of a long file in transcribe.py"
+SOURCE_RATE = 44_100
+
+
+def write_noise(path: Path, seconds: int) -> None:
+    """Quiet stereo noise, written a second at a time (the benchmark itself must not hold the file)."""
+    rng = np.random.default_rng(0)
+    with soundfile.SoundFile(path, "w", SOURCE_RATE, 2, subtype="PCM_16") as f:
+        for _ in range(seconds):
+            f.write((0.1 * rng.standard_normal((SOURCE_RATE, 2))).astype(np.float32))
+
+
+def transcribe_peak(model_dir: Path, audio: Path) -> tuple[float, float]:
+    """(peak resident MB, seconds) of one transcribe.py process."""
+    command = [sys.executable, str(REPO / "transcribe.py"), "--model", str(model_dir), "--max_new_tokens", "4"]
+    start = time.perf_counter()
+    process = subprocess.Popen([*command, str(audio)], cwd=REPO, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"transcribe.py failed on {audio}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start  # ru_maxrss is in KiB on Linux
+
+
+def read_peak(audio: Path) -> tuple[float, float]:
+    """(traced peak MB, result MB) of read_audio."""
+    tracemalloc.start()
+    try:
+        samples = read_audio(audio)
+        return tracemalloc.get_traced_memory()[1] / 2**20, samples.nbytes / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=int, default=30)
+    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = save_random_whisper("test", REPO / "models" / "whisper-base", tmp / "model")
+        short, long = tmp / "short.wav", tmp / "long.wav"
+        write_noise(short, 12)
+        write_noise(long, args.minutes * 60)
+        short_mb, short_s = transcribe_peak(model_dir, short)
+        long_mb, long_s = transcribe_peak(model_dir, long)
+        traced_mb, samples_mb = read_peak(long)
+    waveform_mb = args.minutes * 60 * SAMPLE_RATE * 4 / 2**20
+    command = "python benchmarks/long_file_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    extra_mb = long_mb - short_mb
+    difference = f"{extra_mb:,.0f} MiB = {extra_mb / waveform_mb:.1f} x the {waveform_mb:,.0f} MiB 16 kHz waveform"
+    reader = f"traced peak {traced_mb:,.0f} MiB for a {samples_mb:,.0f} MiB result"
+    section = "\n".join(
+        [
+            SECTION,
+            "",
+            f"- Command: `{command.strip()}`",
+            machine_line(),
+            "",
+            "| transcribe.py on | peak resident memory | time |",
+            "|---|---|---|",
+            f"| 12 s, 44.1 kHz stereo | {short_mb:,.0f} MiB | {short_s:.0f} s |",
+            f"| {args.minutes} min, 44.1 kHz stereo | {long_mb:,.0f} MiB | {long_s:.0f} s |",
+            f"| the difference | {difference} | |",
+            "",
+            f"`read_audio` alone on the {args.minutes}-minute file: {reader}. {BEFORE}",
+        ]
+    )
+    print(section)
+    if args.write_results:
+        write_section(RESULTS_FILE, section)
+
+
+if __name__ == "__main__":
+    main()
