@@ -36,6 +36,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
 from kspon_whisper.checkpoints import (
     check_full_model,
     load_loop_state,
+    on_every_rank,
     resolve_checkpoint,
     save_checkpoint,
     save_final_model,
@@ -472,7 +474,9 @@ class Trainer:
             )
 
     def resume(self) -> dict | None:
-        checkpoint = resolve_checkpoint(self.cfg.resume_from_checkpoint, self.output_dir / "checkpoints")
+        # Verifying reads every byte of a checkpoint: rank 0 does it, and every rank resumes from what it found.
+        resolve = partial(resolve_checkpoint, self.cfg.resume_from_checkpoint, self.output_dir / "checkpoints")
+        checkpoint = on_every_rank(self.accelerator, resolve, main_only=True)
         if checkpoint is None:
             self.say("No complete checkpoint to resume from; starting fresh.")
             return None
@@ -640,8 +644,9 @@ class Trainer:
             # Collective: under FSDP each rank holds a shard, and only gathered weights make a loadable model (rank
             # 0 receives them). Elsewhere it is the bare model's state dict.
             model, state_dict = acc.unwrap_model(self.model), acc.get_state_dict(self.model)
-        if acc.is_main_process:
-            save_final_model(model, state_dict, self.processor, self.output_dir)
+        # A full disk on rank 0 must stop every rank here, not leave them waiting in the evaluation's collectives.
+        save = partial(save_final_model, model, state_dict, self.processor, self.output_dir)
+        on_every_rank(acc, save, main_only=True)
         results = {}
         for split in ["validation", *cfg.final_eval_splits]:
             if split in self.splits:

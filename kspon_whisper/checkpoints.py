@@ -15,13 +15,18 @@ import json
 import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MARKER = "COMPLETE.json"
 PREFIX = "step_"
@@ -33,7 +38,8 @@ def loop_state_file(checkpoint: Path, rank: int) -> Path:
 
 
 def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state: dict, total_limit: int) -> Path:
-    """Write `root/step_XXXXXXXX` atomically; every rank must call this."""
+    """Write `root/step_XXXXXXXX` atomically; every rank must call this. If any rank fails to write its part, every
+    rank raises and the half-written folder is removed."""
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}"
     if accelerator.is_main_process:
@@ -41,21 +47,58 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state:
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(tmp))
-        # Each rank reads its own part of the data, so each rank's dataloader position is saved, not only rank 0's.
-        torch.save(loop_state, loop_state_file(tmp, accelerator.process_index))
-    except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as "iostream error", no errno
-        raise _explain_failed_save(err, root, tmp) from err
-    accelerator.wait_for_everyone()
+        on_every_rank(accelerator, lambda: _write(accelerator, root, tmp, loop_state))
+        on_every_rank(accelerator, lambda: _complete(accelerator.num_processes, tmp, step), main_only=True)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        _verify(tmp, accelerator.num_processes)
-        marker = {"step": step, "num_processes": accelerator.num_processes, "files": _checksums(tmp)}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _rotate(root, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write(accelerator: Accelerator, root: Path, tmp: Path, loop_state: dict) -> None:
+    """This rank's part: accelerate's state (each rank's RNG; model and optimizer from rank 0, or every rank's shard
+    under FSDP) and the loop state."""
+    try:
+        accelerator.save_state(str(tmp))
+        # Each rank reads its own part of the data, so each rank's dataloader position is saved, not only rank 0's.
+        torch.save(loop_state, loop_state_file(tmp, accelerator.process_index))
+    except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as "iostream error", no errno
+        raise _explain_failed_save(err, root, tmp) from err
+
+
+def _complete(num_processes: int, tmp: Path, step: int) -> None:
+    _verify(tmp, num_processes)
+    marker = {"step": step, "num_processes": num_processes, "files": _checksums(tmp)}
+    try:
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+    except OSError as err:
+        raise _explain_failed_save(err, tmp.parent, tmp) from err
+
+
+def on_every_rank(accelerator: Accelerator, work: Callable[[], T], main_only: bool = False) -> T:
+    """Run `work` on every rank, or on the main process only, and give every rank the outcome: the result (the main
+    process's, broadcast, with `main_only`) or, when it raised on any rank, an error on every rank, the failing rank's
+    own and elsewhere one naming that rank. Every rank must call this. A rank that raised alone would leave the
+    others waiting at their next collective until the process group times out (30 minutes under NCCL)."""
+    result, error = None, None
+    if accelerator.is_main_process or not main_only:
+        try:
+            result = work()
+        except Exception as err:  # noqa: BLE001 - raised again below, once every rank knows
+            error = err
+    failed = accelerator.gather(torch.tensor([int(error is not None)], device=accelerator.device))
+    if error is not None:
+        raise error
+    if failed.any():
+        ranks = ", ".join(str(rank) for rank in failed.nonzero().flatten().tolist())
+        raise RuntimeError(f"Rank {ranks} failed (its error is above); this rank stops with it.")
+    return broadcast_object_list([result])[0] if main_only else result
 
 
 def _checksums(folder: Path) -> dict[str, dict]:
@@ -68,7 +111,10 @@ def _checksums(folder: Path) -> dict[str, dict]:
 
 
 def damage(checkpoint: Path) -> str | None:
-    """What is wrong with a complete checkpoint's files (the first missing, truncated or altered one), or None."""
+    """What is wrong with a complete checkpoint's files (the first missing, truncated or altered one), or None.
+
+    This reads every byte (~18 GB for large-v3 with its optimizer state): run it on one rank (`on_every_rank`)."""
+    started = time.perf_counter()
     files = json.loads((checkpoint / MARKER).read_text()).get("files", {})  # older checkpoints carry no checksums
     for name, expected in files.items():
         path = checkpoint / name
@@ -79,22 +125,26 @@ def damage(checkpoint: Path) -> str | None:
         with path.open("rb") as f:
             if hashlib.file_digest(f, "sha256").hexdigest() != expected["sha256"]:
                 return f"{name} does not match the sha256 recorded when it was saved (corrupted)"
+    size = sum(expected["bytes"] for expected in files.values())
+    logger.info(
+        f"Verified {checkpoint}: {len(files)} files, {size / 1e9:.2f} GB in {time.perf_counter() - started:.1f} s."
+    )
     return None
 
 
 def _explain_failed_save(err: Exception, root: Path, tmp: Path) -> Exception:
-    """Remove the half-written folder; when the disk is full, say so with the space a checkpoint needs."""
+    """When the disk is full, say so, with the space a checkpoint needs. The caller removes the half-written folder
+    once every rank has stopped writing into it; the free space given is what there will be then."""
     written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else 0
-    shutil.rmtree(tmp, ignore_errors=True)
     complete = complete_checkpoints(root)
     need = max(written, sum(p.stat().st_size for p in complete[-1].rglob("*") if p.is_file()) if complete else 0)
-    free = shutil.disk_usage(root).free
+    free = shutil.disk_usage(root).free + written
     if getattr(err, "errno", None) != errno.ENOSPC and free > need:
         return err
     return OSError(
         errno.ENOSPC,
         f"Disk full at {root} while saving a checkpoint ({free / 1e9:.1f} GB free; a checkpoint needs "
-        f"~{need / 1e9:.1f} GB). The half-written folder was removed. Free space or lower --save_total_limit, "
+        f"~{need / 1e9:.1f} GB). The half-written folder is removed. Free space or lower --save_total_limit, "
         f"then resume with --resume_from_checkpoint latest. ({err})",
     )
 

@@ -2,7 +2,9 @@
 
 import errno
 import logging
+import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from kspon_whisper.checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from tests.processes import Finished, run_command
 
 
 @dataclass
@@ -206,3 +209,42 @@ def test_sharded_fsdp_state_counts_as_complete(run, tmp_path, monkeypatch):
     monkeypatch.setattr(run.accelerator, "save_state", save_state_as_fsdp)
     path = save_checkpoint(run.accelerator, tmp_path / "checkpoints", 1, {"step": 1}, total_limit=1)
     assert (path / MARKER).is_file()
+
+
+TWO_RANKS = [
+    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "tests/two_rank_faults.py",
+]  # fmt: skip
+TWO_RANK_ENV = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+
+
+def run_two_ranks(*args: str, timeout_s: float) -> Finished:
+    result = run_command([*TWO_RANKS, *args], timeout_s=timeout_s, env=TWO_RANK_ENV)
+    assert not result.timed_out, f"a rank waited for the one that failed:\n{result.log_tail()}"
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_checkpoint_one_rank_cannot_write_stops_every_rank(tmp_path, failing):
+    result = run_two_ranks("checkpoint", str(failing), str(tmp_path / "checkpoints"), timeout_s=120)
+    assert result.returncode == 0 and not result.leftovers, result.log_tail()
+    other = 1 - failing
+    assert f"rank {failing} stopped: [Errno 28] Disk full at {tmp_path / 'checkpoints'}" in result.stdout
+    assert f"rank {other} stopped: Rank {failing} failed (its error is above)" in result.stdout, result.log_tail()
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # the half-written folder is gone, nothing was marked
+
+
+@pytest.mark.slow
+def test_a_final_model_rank_0_cannot_write_stops_every_rank(tiny_whisper_dir, tone_corpus, tmp_path):
+    output_dir = tmp_path / "out"
+    result = run_two_ranks(
+        "final_model", "train_accelerate.py", "--model_name_or_path", str(tiny_whisper_dir),
+        "--data_dir", str(tone_corpus), "--output_dir", str(output_dir), "--max_steps", "1",
+        "--per_device_batch_size", "2", "--num_workers", "0", "--gradient_checkpointing", "false",
+        "--eval_every", "0", "--save_every", "0", "--final_eval_splits", "test", "--max_eval_samples", "2",
+        "--generation_max_new_tokens", "2", "--report_to", "none", timeout_s=240,
+    )  # fmt: skip
+    assert result.returncode not in (0, None), result.log_tail()
+    assert "No space left on device" in result.stderr and "Rank 0 failed (its error is above)" in result.stderr
+    assert not (output_dir / "model.safetensors").exists() and not (output_dir / "metrics.json").exists()

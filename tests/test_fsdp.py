@@ -66,6 +66,7 @@ def runs(accelerate_config, tiny_whisper_dir, tone_corpus, tmp_path_factory) -> 
     shutil.copytree(full / "checkpoints" / "step_00000002", resumed / "checkpoints" / "step_00000002")
     log = launch(accelerate_config, tiny_whisper_dir, tone_corpus, resumed, "--resume_from_checkpoint", "latest")
     assert "Resumed from" in log and "at step 2" in log, log[-3000:]
+    assert log.count("Verified ") == 1, "not one rank alone read the checkpoint through to verify it"
     return {"full": full, "resumed": resumed}
 
 

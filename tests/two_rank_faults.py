@@ -1,0 +1,65 @@
+"""A save that fails on one of two DDP ranks (gloo) must stop both, each saying why (tests only).
+
+    two_rank_faults.py checkpoint RANK ROOT          # RANK cannot write its part of a checkpoint: the disk is full
+    two_rank_faults.py final_model train_accelerate.py ARGS...   # rank 0 cannot write the final model
+
+Launched by tests/test_checkpoints.py with `accelerate launch --multi_gpu --num_processes 2` on CPU. Without the
+agreement in `kspon_whisper.checkpoints.on_every_rank`, the rank that failed would exit and the other would wait
+at its next collective until torch's elastic agent killed it, without a word of why.
+"""
+
+import errno
+import os
+import runpy
+import sys
+import weakref
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's packages, not installed ones
+
+from accelerate import Accelerator
+
+from kspon_whisper import checkpoints
+
+
+def checkpoint_fails_on(rank: int, root: Path) -> None:
+    accelerator = Accelerator()
+    model = torch.nn.Linear(4, 4)
+    model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    if accelerator.process_index == rank:
+
+        def full_disk(output_dir: str, **kwargs):
+            raise OSError(errno.ENOSPC, f"No space left on device: '{output_dir}/model.safetensors'")
+
+        accelerator.save_state = full_disk
+    try:
+        checkpoints.save_checkpoint(accelerator, root, 1, {"step": 1}, total_limit=2)
+    except (OSError, RuntimeError) as err:
+        print(f"rank {accelerator.process_index} stopped: {err}", flush=True)
+    else:
+        print(f"rank {accelerator.process_index} saved", flush=True)
+    from train_accelerate import end_distributed
+
+    model = weakref.ref(model)  # the last reference, so that end_distributed can free it first
+    del optimizer
+    end_distributed(accelerator, model)
+
+
+def final_model_fails(script_and_args: list[str]) -> None:
+    def full_disk(model, state_dict, processor, output_dir):
+        raise OSError(errno.ENOSPC, f"No space left on device: '{output_dir}/model.safetensors'")
+
+    if os.environ.get("RANK", "0") == "0":
+        checkpoints.save_final_model = full_disk  # before train_accelerate imports it
+    sys.argv = script_and_args
+    runpy.run_path(script_and_args[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    case, *rest = sys.argv[1:]
+    if case == "checkpoint":
+        checkpoint_fails_on(int(rest[0]), Path(rest[1]))
+    else:
+        final_model_fails(rest)
