@@ -107,6 +107,7 @@ def _zip_members(path: str) -> Iterable[tuple[str, tuple[int, int, int, int, int
     """(name, (offset, compressed size, size, crc, method)) for each entry of the central directory."""
     directory, count = _central_directory(path)
     pos = 0
+    unsafe = []
     for _ in range(count):
         if directory[pos : pos + 4] != b"PK\x01\x02":
             raise BadArchive(f"central directory entry {_} is damaged")
@@ -120,7 +121,15 @@ def _zip_members(path: str) -> Iterable[tuple[str, tuple[int, int, int, int, int
             extra = directory[name_at + name_len : name_at + name_len + extra_len]
             size, csize, offset = _zip64_sizes(extra, size, csize, offset)
         pos = name_at + name_len + extra_len + comment_len
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            unsafe.append(name)  # sorted before the real folder of the same name, it would be the copy kept
+            continue
         yield name, (offset, csize, size, crc, method)
+    if unsafe:
+        logger.warning(
+            f"Leaving out {len(unsafe)} member(s) of {path} named with an absolute path or '..' (first: {unsafe[0]}); "
+            "AI Hub's archives have none. Download the archive again if it should be the original."
+        )
 
 
 def _zip64_sizes(extra: bytes, size: int, csize: int, offset: int) -> tuple[int, int, int]:

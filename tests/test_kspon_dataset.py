@@ -381,6 +381,25 @@ def test_the_same_id_twice_is_read_once_and_counted_in_every_mode(tmp_path, capl
     assert any("duplicate_id: 1" in r.getMessage() for r in caplog.records)
 
 
+def test_members_named_with_an_absolute_path_are_left_out_by_name(tmp_path, caplog):
+    """`/KsponSpeech_0001/...` sorts before `KsponSpeech_01/KsponSpeech_0001/...`: kept, it would replace the real
+    copy of an id. No AI Hub archive has such names, so they are left out, and said to be."""
+    root = tmp_path / "absolute"
+    write_utterances(root, [utt(n) for n in (1, 2, 3)])
+    with zipfile.ZipFile(root / "KsponSpeech_01.zip", "a") as z:
+        for u in (utt(1, seconds=2.0), utt(4)):
+            path = member_path(u.uid).split("/", 1)[1]
+            z.writestr(f"/{path}.pcm", u.pcm)
+            z.writestr(f"/{path}.txt", u.txt_bytes())
+    with caplog.at_level(logging.WARNING):
+        examples = all_examples(prepare(root, tmp_path))
+        streamed = sorted(ex["id"] for split in load(root, streaming=True).values() for ex in split)
+    assert sorted(examples) == streamed == ["KsponSpeech_000001", "KsponSpeech_000002", "KsponSpeech_000003"]
+    assert examples["KsponSpeech_000001"]["duration"] == pytest.approx(1.0), "the absolute-named copy was read"
+    warning = next(r.getMessage() for r in caplog.records if "absolute path" in r.getMessage())
+    assert "Leaving out 4 member(s)" in warning and "/KsponSpeech_0001/KsponSpeech_000001" in warning
+
+
 def test_folder_layout_refuses_links_outside_and_skips_what_cannot_be_read(tmp_path, caplog):
     root = tmp_path / "folders"
     write_utterances(root, [utt(n) for n in range(1, 6)], layout="dir")
@@ -398,6 +417,29 @@ def test_folder_layout_refuses_links_outside_and_skips_what_cannot_be_read(tmp_p
     messages = "\n".join(r.getMessage() for r in caplog.records)
     assert "links to" in messages and "outside" in messages and "secret.txt" in messages
     assert "missing_transcript: 1" in messages and "missing_audio: 1" in messages
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["prepared", "streaming"])
+def test_a_file_that_cannot_be_read_is_skipped_and_counted(tmp_path, caplog, monkeypatch, streaming):
+    root = tmp_path / "folders"
+    write_utterances(root, [utt(n) for n in range(1, 4)], layout="dir")
+    locked = root / "KsponSpeech_01" / "KsponSpeech_0001" / "KsponSpeech_000002.pcm"
+    real_open = open
+
+    def open_as_another_user(file, *args, **kwargs):  # chmod 000 would not stop root, who runs CI
+        if str(file) == str(locked):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", open_as_another_user)
+    with caplog.at_level(logging.INFO):
+        data = load(root, streaming=True) if streaming else prepare(root, tmp_path)
+        ids = sorted(ex["id"] for split in data.values() for ex in split)
+    assert ids == ["KsponSpeech_000001", "KsponSpeech_000003"]
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"Skipping KsponSpeech_000002: [Errno 13] Permission denied: '{locked}'" in messages
+    if not streaming:  # a stream counts per pass, in the trainer
+        assert "unreadable: 1" in messages
 
 
 def test_an_overlong_transcript_is_counted_without_being_normalised(tmp_path, caplog):
