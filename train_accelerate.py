@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import gc
 import hashlib
 import json
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
@@ -122,6 +123,9 @@ class TrainConfig:
     save_every: int = 1000  # optimizer steps between checkpoints (0: only at the end)
     save_total_limit: int = 2  # complete checkpoints kept
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    # Seconds a rank waits at a collective for the others. Rank 0 works alone at times (preparing map-style data,
+    # verifying a checkpoint, the export and the push) while the others wait: NCCL's own 600 s would end the run.
+    ddp_timeout: int = 3600
     trained_ids_dir: str | None = None  # debug: write the ids each rank trained on per epoch, and a weights digest
     # Hub
     push_to_hub: bool = False  # push the final model (one atomic commit) and its card
@@ -162,6 +166,7 @@ class TrainConfig:
             "save_total_limit": (1, True),
             "generation_max_new_tokens": (1, True),
             "num_beams": (1, True),
+            "ddp_timeout": (1, True),
         }
         for name, (low, inclusive) in ranges.items():
             value = getattr(self, name)
@@ -720,10 +725,7 @@ def main(argv: list[str] | None = None) -> None:
         check_full_model(cfg.output_dir)
         print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
         return
-    accelerator = Accelerator(  # no gradient_accumulation_steps: `training_step` accumulates itself (see there)
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=f"{cfg.output_dir}/logs"),
-    )
+    accelerator = make_accelerator(cfg)
     if cfg.push_to_hub and accelerator.is_main_process:
         accelerator.print(f"Hub: logged in as {check_hub_access(cfg.hub_model_id)}, will push to {cfg.hub_model_id}")
     if torch.cuda.is_available() and not cfg.sdpa_cudnn:
@@ -738,6 +740,14 @@ def main(argv: list[str] | None = None) -> None:
     model = weakref.ref(trainer.model)
     del trainer  # the last strong reference to the model outside accelerate: see `end_distributed`
     end_distributed(accelerator, model)
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    return Accelerator(  # no gradient_accumulation_steps: `training_step` accumulates itself (see there)
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=f"{cfg.output_dir}/logs"),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.ddp_timeout))],
+    )
 
 
 def end_distributed(accelerator: Accelerator, model: weakref.ref) -> None:

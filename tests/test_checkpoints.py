@@ -248,3 +248,14 @@ def test_a_final_model_rank_0_cannot_write_stops_every_rank(tiny_whisper_dir, to
     assert result.returncode not in (0, None), result.log_tail()
     assert "No space left on device" in result.stderr and "Rank 0 failed (its error is above)" in result.stderr
     assert not (output_dir / "model.safetensors").exists() and not (output_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_ranks_wait_for_rank_0_as_long_as_ddp_timeout_says():
+    # Rank 0 alone prepares map-style data, verifies a checkpoint and pushes; NCCL's default 600 s would end the run.
+    result = run_two_ranks("timeout", "5400", timeout_s=120)
+    assert result.returncode == 0, result.log_tail()
+    assert sorted(line for line in result.stdout.splitlines() if " waits " in line) == [
+        "rank 0 waits 5400 s",
+        "rank 1 waits 5400 s",
+    ]

@@ -90,6 +90,7 @@ def test_final_eval_splits_from_yaml_are_names_and_typos_are_refused(tmp_path):
         ("learning_rate", 0.0, "--learning_rate must be more than 0"),
         ("save_total_limit", 0, "--save_total_limit must be at least 1"),
         ("resume_from_checkpoint", "/nope", "--resume_from_checkpoint /nope is not a folder"),
+        ("ddp_timeout", 0, "--ddp_timeout must be at least 1, got 0"),
     ],
 )
 def test_every_option_is_validated_before_any_work(option, value, words):

@@ -1,7 +1,9 @@
-"""A save that fails on one of two DDP ranks (gloo) must stop both, each saying why (tests only).
+"""Two DDP ranks (gloo) when one fails or works alone (tests only): a save that fails on one rank must stop both,
+each saying why, and a rank must wait for rank 0 as long as --ddp_timeout says.
 
     two_rank_faults.py checkpoint RANK ROOT          # RANK cannot write its part of a checkpoint: the disk is full
     two_rank_faults.py final_model train_accelerate.py ARGS...   # rank 0 cannot write the final model
+    two_rank_faults.py timeout SECONDS               # print the trainer's process-group timeout on each rank
 
 Launched by tests/test_checkpoints.py with `accelerate launch --multi_gpu --num_processes 2` on CPU. Without the
 agreement in `kspon_whisper.checkpoints.on_every_rank`, the rank that failed would exit and the other would wait
@@ -57,9 +59,23 @@ def final_model_fails(script_and_args: list[str]) -> None:
     runpy.run_path(script_and_args[0], run_name="__main__")
 
 
+def timeout_of_the_process_group(seconds: str) -> None:
+    import torch.distributed
+
+    from train_accelerate import TrainConfig, make_accelerator
+
+    accelerator = make_accelerator(TrainConfig(data_dir="unused", max_steps=1, ddp_timeout=int(seconds)))
+    group = torch.distributed.distributed_c10d._get_default_group()
+    timeout = group._get_backend(accelerator.device).options._timeout  # what a waiting rank waits before it aborts
+    print(f"rank {accelerator.process_index} waits {timeout.total_seconds():.0f} s", flush=True)
+    accelerator.end_training()
+
+
 if __name__ == "__main__":
     case, *rest = sys.argv[1:]
     if case == "checkpoint":
         checkpoint_fails_on(int(rest[0]), Path(rest[1]))
+    elif case == "timeout":
+        timeout_of_the_process_group(rest[0])
     else:
         final_model_fails(rest)
