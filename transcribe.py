@@ -4,10 +4,11 @@
     python transcribe.py --model me/whisper-large-v3-ko --format srt --output_dir subs lecture.flac
     python transcribe.py --model runs/ko-large-v3 --format json --num_beams 5 *.wav > transcripts.jsonl
 
-`.wav`/`.flac` (any sample rate, any channel count) are resampled to 16 kHz mono; `.pcm` is read as KsponSpeech's
-headerless 16 kHz signed 16-bit little-endian mono. Clips of 30 s or less are decoded in batches exactly as the
-trainer evaluates them; longer audio goes through Whisper's long-form decoding (timestamps, temperature fallback),
-which returns timed segments (`kspon_whisper.inference`).
+`.wav`/`.flac` (any sample rate, any channel count) are resampled to 16 kHz mono, block by block; `.pcm` is read as
+KsponSpeech's headerless 16 kHz signed 16-bit little-endian mono. Files are decoded together while they hold at most
+--batch_size x 30 s of audio. Clips of 30 s or less are decoded exactly as the trainer evaluates them; longer audio
+goes through Whisper's long-form decoding (timestamps, temperature fallback), which returns timed segments
+(`kspon_whisper.inference`).
 
 Output: `text` prints `path<TAB>text` per file and `json` one {"path", "text", "segments": [{"start", "end",
 "text"}]} object per line, both on stdout; `srt` and `vtt` write a subtitle file per input, next to it
@@ -20,9 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import set_seed
 from transformers.utils import logging as transformers_logging
@@ -74,31 +76,31 @@ def render(fmt: str, path: Path, transcript: Transcript) -> str:
     return to_json(path, transcript) + "\n" if fmt == "json" else transcript.text + "\n"
 
 
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def transcribe(
     paths: list[Path], transcriber: Transcriber, batch_size: int
 ) -> Iterator[tuple[Path, Transcript | str]]:
-    """(path, transcript), or (path, why it cannot be read), per file in order; `batch_size` files read at a time."""
-    for chunk in batched(paths, batch_size):
-        audios, failed = {}, {}
-        for path in chunk:
-            try:
-                audios[path] = read_audio(path)
-            except (OSError, ValueError) as err:
-                failed[path] = str(err)
-        transcripts = dict(zip(audios, transcriber(list(audios.values())), strict=True)) if audios else {}
-        for path in chunk:
-            yield path, failed[path] if path in failed else transcripts[path]
+    """(path, transcript), or (path, why it cannot be read), per file in order. Files are decoded together while they
+    hold at most `batch_size` x 30 s of audio: many clips at once, a long file alone, so that memory stays bounded."""
+    budget = batch_size * transcriber.processor.feature_extractor.n_samples
+    batch: list[tuple[Path, np.ndarray | str]] = []
+    for path in paths:
+        try:
+            audio = read_audio(path)
+        except (OSError, ValueError) as err:
+            batch.append((path, str(err)))
+            continue
+        if sum(len(a) for _, a in batch if not isinstance(a, str)) + len(audio) > budget:
+            yield from _decode(batch, transcriber)
+            batch = []
+        batch.append((path, audio))
+    yield from _decode(batch, transcriber)
+
+
+def _decode(batch: list[tuple[Path, np.ndarray | str]], transcriber: Transcriber) -> Iterator:
+    audios = [audio for _, audio in batch if not isinstance(audio, str)]
+    transcripts = iter(transcriber(audios) if audios else [])
+    for path, audio in batch:
+        yield path, audio if isinstance(audio, str) else next(transcripts)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="long form: skip a window as silence when <|nospeech|> is more likely than this and the window's text "
         "is below --logprob_threshold ('off': never)",
     )
-    parser.add_argument("--batch_size", type=int, default=8, help="files decoded together")
+    parser.add_argument(
+        "--batch_size", type=int, default=8, help="decode files together up to this many x 30 s of audio"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="for the sampled retries of long-form decoding")
     args = parser.parse_args(argv)

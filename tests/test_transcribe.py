@@ -2,7 +2,9 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -37,6 +39,33 @@ def test_json_keeps_path_text_and_segments_in_milliseconds():
         ],
     }
     assert "안녕하세요" in line  # Hangul as is, not \\u escapes
+
+
+class RecordingTranscriber:
+    """Records the seconds of each batch it is given; `processor` carries the 30 s window, as Whisper's does."""
+
+    processor = SimpleNamespace(feature_extractor=SimpleNamespace(n_samples=30 * 16_000))
+
+    def __init__(self):
+        self.batches: list[list[float]] = []
+
+    def __call__(self, audios):
+        self.batches.append([len(audio) / 16_000 for audio in audios])
+        return [Transcript(f"{len(audio)}", [], len(audio) / 16_000) for audio in audios]
+
+
+def test_files_are_batched_by_seconds_of_audio_so_a_long_file_goes_alone(tmp_path):
+    paths = []
+    for name, seconds in [("a", 20), ("b", 30), ("c", 600), ("d", 5), ("e", 5)]:
+        sf.write(tmp_path / f"{name}.wav", np.zeros(seconds * 16_000, dtype=np.int16), 16_000)
+        paths.append(tmp_path / f"{name}.wav")
+    paths.insert(0, tmp_path / "missing.wav")
+    transcriber = RecordingTranscriber()
+    results = list(transcribe.transcribe(paths, transcriber, batch_size=2))  # up to 60 s of audio at a time
+    assert transcriber.batches == [[20, 30], [600], [5, 5]]
+    assert [path for path, _ in results] == paths  # in order, the unreadable one in its place
+    assert isinstance(results[0][1], str) and "no such file" in results[0][1]
+    assert [r.text for _, r in results if not isinstance(r, str)] == ["320000", "480000", "9600000", "80000", "80000"]
 
 
 def test_cli_text_prints_one_line_per_file_and_reads_pcm_like_wav(offline_whisper_dir, tmp_path, capsys):
