@@ -85,7 +85,7 @@ def on_every_rank(accelerator: Accelerator, work: Callable[[], T], main_only: bo
     """Run `work` on every rank, or on the main process only, and give every rank the outcome: the result (the main
     process's, broadcast, with `main_only`) or, when it raised on any rank, an error on every rank, the failing rank's
     own and elsewhere one naming that rank. Every rank must call this. A rank that raised alone would leave the
-    others waiting at their next collective until the process group times out (30 minutes under NCCL)."""
+    others waiting at their next collective until the process group times out (the trainer's --ddp_timeout)."""
     result, error = None, None
     if accelerator.is_main_process or not main_only:
         try:
