@@ -12,7 +12,7 @@ Whisper with the adapters merged in (kspon_whisper/lora.py; README "Smaller GPUs
 Several GPUs: `--config_file configs/ddp_8gpu.yaml` (or configs/fsdp_8gpu.yaml). The other ranks wait for rank 0
 while it works alone (map-style preparation, the push) up to `--ddp_timeout` seconds (3600). Every option can also
 come from a YAML/JSON file, with the command line taking precedence: `train_accelerate.py --config configs/demo.yaml
---lr 1e-5`.
+--learning_rate 1e-5`.
 
 Kill it at any time and continue exactly where it was: `--resume_from_checkpoint latest` (checkpoints are written
 atomically to OUTPUT_DIR/checkpoints every --save_every steps). Re-push a finished run: `--push_only`.
