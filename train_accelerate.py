@@ -639,8 +639,8 @@ class Trainer:
         self.say(f"saved checkpoint {path}")
 
     def finish(self) -> None:
-        """Save the model locally first (LoRA adapters merged in), then evaluate every held-out split, then write the
-        card (and push)."""
+        """Save the model locally first (LoRA adapters merged in), then evaluate every held-out split, then publish:
+        predictions, metrics, export, card (and push)."""
         acc, cfg = self.accelerator, self.cfg
         acc.wait_for_everyone()
         if cfg.lora_rank:
@@ -654,12 +654,8 @@ class Trainer:
         # A full disk on rank 0 must stop every rank here, not leave them waiting in the evaluation's collectives.
         save = partial(save_final_model, model, state_dict, self.processor, self.output_dir)
         on_every_rank(acc, save, main_only=True)
-        results = {}
-        for split in ["validation", *cfg.final_eval_splits]:
-            if split in self.splits:
-                results[split] = self.evaluate_and_log(split)
-                if acc.is_main_process:
-                    write_predictions(self.output_dir / f"predictions_{split}.jsonl", results[split].pop("records"))
+        splits = [split for split in ["validation", *cfg.final_eval_splits] if split in self.splits]
+        results = {split: self.evaluate_and_log(split) for split in splits}
         if self.before_training is not None:
             before, after = self.before_training, results["validation"]
             self.say(
@@ -667,25 +663,32 @@ class Trainer:
                 f"{after['cer']:.4f} ({after['num_scored']}); space-free {before['cer_nospace']:.4f} -> "
                 f"{after['cer_nospace']:.4f}"
             )
-        if acc.is_main_process:
-            summary = {"step": self.step, "skipped_steps": self.skipped_steps, "labels_too_long": self.too_long}
-            summary["data"] = self.data_counts  # kept N of M, by reason, for each split's last whole pass
-            (self.output_dir / "metrics.json").write_text(json.dumps(results | {"train": summary}, indent=2))
-            if cfg.export_ct2:  # before the card and the push, so that both include it
-                self.say(f"faster-whisper model: {export_ct2(self.output_dir, None, cfg.export_ct2, overwrite=True)}")
-            write_model_card(
-                self.output_dir,
-                hub_model_id=cfg.hub_model_id,
-                base_model=cfg.model_name_or_path,
-                # num_scored too: the card must know when eval_clean / eval_other were only partly scored
-                metrics={split: {k: m[k] for k in (*SCORES, "num_scored")} for split, m in results.items()},
-                hyperparameters=dataclasses.asdict(cfg),
-                scoring_normalization=SCORING_NORMALIZATION,
-                dataset_config=cfg.dataset_config,
-                split_scheme=cfg.split_scheme,
-            )
-            if cfg.push_to_hub:
-                self.say(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
+        # Rank 0 alone from here: if it fails (a full disk, the Hub), the other ranks stop with it, not at a barrier.
+        on_every_rank(acc, partial(self.publish, results), main_only=True)
+
+    def publish(self, results: dict) -> None:
+        """Predictions, metrics.json, the faster-whisper export, the card and the push; rank 0 only."""
+        cfg = self.cfg
+        for split, result in results.items():
+            write_predictions(self.output_dir / f"predictions_{split}.jsonl", result.pop("records"))
+        summary = {"step": self.step, "skipped_steps": self.skipped_steps, "labels_too_long": self.too_long}
+        summary["data"] = self.data_counts  # kept N of M, by reason, for each split's last whole pass
+        (self.output_dir / "metrics.json").write_text(json.dumps(results | {"train": summary}, indent=2))
+        if cfg.export_ct2:  # before the card and the push, so that both include it
+            self.say(f"faster-whisper model: {export_ct2(self.output_dir, None, cfg.export_ct2, overwrite=True)}")
+        write_model_card(
+            self.output_dir,
+            hub_model_id=cfg.hub_model_id,
+            base_model=cfg.model_name_or_path,
+            # num_scored too: the card must know when eval_clean / eval_other were only partly scored
+            metrics={split: {k: m[k] for k in (*SCORES, "num_scored")} for split, m in results.items()},
+            hyperparameters=dataclasses.asdict(cfg),
+            scoring_normalization=SCORING_NORMALIZATION,
+            dataset_config=cfg.dataset_config,
+            split_scheme=cfg.split_scheme,
+        )
+        if cfg.push_to_hub:
+            self.say(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
 
 
 @contextlib.contextmanager

@@ -236,10 +236,11 @@ def test_a_checkpoint_one_rank_cannot_write_stops_every_rank(tmp_path, failing):
 
 
 @pytest.mark.slow
-def test_a_final_model_rank_0_cannot_write_stops_every_rank(tiny_whisper_dir, tone_corpus, tmp_path):
+@pytest.mark.parametrize("what", ["final_model", "model_card"])
+def test_a_final_file_rank_0_cannot_write_stops_every_rank(tiny_whisper_dir, tone_corpus, tmp_path, what):
     output_dir = tmp_path / "out"
     result = run_two_ranks(
-        "final_model", "train_accelerate.py", "--model_name_or_path", str(tiny_whisper_dir),
+        what, "train_accelerate.py", "--model_name_or_path", str(tiny_whisper_dir),
         "--data_dir", str(tone_corpus), "--output_dir", str(output_dir), "--max_steps", "1",
         "--per_device_batch_size", "2", "--num_workers", "0", "--gradient_checkpointing", "false",
         "--eval_every", "0", "--save_every", "0", "--final_eval_splits", "test", "--max_eval_samples", "2",
@@ -247,7 +248,8 @@ def test_a_final_model_rank_0_cannot_write_stops_every_rank(tiny_whisper_dir, to
     )  # fmt: skip
     assert result.returncode not in (0, None), result.log_tail()
     assert "No space left on device" in result.stderr and "Rank 0 failed (its error is above)" in result.stderr
-    assert not (output_dir / "model.safetensors").exists() and not (output_dir / "metrics.json").exists()
+    assert (output_dir / "model.safetensors").exists() == (what == "model_card")  # saved before the card, or not
+    assert not (output_dir / "README.md").exists()
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ each saying why, and a rank must wait for rank 0 as long as --ddp_timeout says.
 
     two_rank_faults.py checkpoint RANK ROOT          # RANK cannot write its part of a checkpoint: the disk is full
     two_rank_faults.py final_model train_accelerate.py ARGS...   # rank 0 cannot write the final model
+    two_rank_faults.py model_card train_accelerate.py ARGS...    # rank 0 cannot write the model card
     two_rank_faults.py timeout SECONDS               # print the trainer's process-group timeout on each rank
 
 Launched by tests/test_checkpoints.py with `accelerate launch --multi_gpu --num_processes 2` on CPU. Without the
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 from accelerate import Accelerator
 
-from kspon_whisper import checkpoints
+from kspon_whisper import checkpoints, model_card
 
 
 def checkpoint_fails_on(rank: int, root: Path) -> None:
@@ -49,12 +50,18 @@ def checkpoint_fails_on(rank: int, root: Path) -> None:
     end_distributed(accelerator, model)
 
 
-def final_model_fails(script_and_args: list[str]) -> None:
-    def full_disk(model, state_dict, processor, output_dir):
-        raise OSError(errno.ENOSPC, f"No space left on device: '{output_dir}/model.safetensors'")
+def rank_0_fails_to_write(what: str, script_and_args: list[str]) -> None:
+    """Rank 0's `save_final_model` or `write_model_card` meets a full disk; train_accelerate.py runs as launched."""
+    module, function = {
+        "final_model": (checkpoints, "save_final_model"),
+        "model_card": (model_card, "write_model_card"),
+    }[what]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, f"No space left on device (in {function})")
 
     if os.environ.get("RANK", "0") == "0":
-        checkpoints.save_final_model = full_disk  # before train_accelerate imports it
+        setattr(module, function, full_disk)  # before train_accelerate imports it
     sys.argv = script_and_args
     runpy.run_path(script_and_args[0], run_name="__main__")
 
@@ -78,4 +85,4 @@ if __name__ == "__main__":
     elif case == "timeout":
         timeout_of_the_process_group(rest[0])
     else:
-        final_model_fails(rest)
+        rank_0_fails_to_write(case, rest)
