@@ -126,9 +126,7 @@ def damage(checkpoint: Path) -> str | None:
             if hashlib.file_digest(f, "sha256").hexdigest() != expected["sha256"]:
                 return f"{name} does not match the sha256 recorded when it was saved (corrupted)"
     size = sum(expected["bytes"] for expected in files.values())
-    logger.info(
-        f"Verified {checkpoint}: {len(files)} files, {size / 1e9:.2f} GB in {time.perf_counter() - started:.1f} s."
-    )
+    logger.info(f"Verified {checkpoint}: {len(files)} files, {_size(size)} in {time.perf_counter() - started:.1f} s.")
     return None
 
 
@@ -143,10 +141,14 @@ def _explain_failed_save(err: Exception, root: Path, tmp: Path) -> Exception:
         return err
     return OSError(
         errno.ENOSPC,
-        f"Disk full at {root} while saving a checkpoint ({free / 1e9:.1f} GB free; a checkpoint needs "
-        f"~{need / 1e9:.1f} GB). The half-written folder is removed. Free space or lower --save_total_limit, "
+        f"Disk full at {root} while saving a checkpoint ({_size(free)} free; a checkpoint needs ~{_size(need)}). "
+        f"The half-written folder is removed. Free space or lower --save_total_limit, "
         f"then resume with --resume_from_checkpoint latest. ({err})",
     )
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e9:.1f} GB" if num_bytes >= 1e9 else f"{num_bytes / 1e6:.0f} MB"
 
 
 # What save_state writes, by kind: plain files under DDP / one process, folders of shards under FSDP's sharded state.
@@ -257,8 +259,8 @@ def save_final_model(model, state_dict: dict | None, processor: WhisperProcessor
     except (OSError, RuntimeError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise OSError(
-            f"Saving the final model into {output_dir} failed ({err}); {shutil.disk_usage(output_dir).free / 1e9:.1f} "
-            "GB are free there. Free space, then rerun with --resume_from_checkpoint latest: it resumes from the last "
+            f"Saving the final model into {output_dir} failed ({err}); {_size(shutil.disk_usage(output_dir).free)} "
+            "are free there. Free space, then rerun with --resume_from_checkpoint latest: it resumes from the last "
             "checkpoint and saves again."
         ) from err
     for path in staging.iterdir():
