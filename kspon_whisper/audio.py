@@ -28,6 +28,7 @@ _PLAIN_WAV_HEADER = pcm_to_wav(b"")[12:40]
 _PLAIN_WAV_HEADER_BYTES = 44
 # Frames of a file at another rate or channel count decoded at a time: ~1.5 s of 44.1 kHz, 0.5 MB of stereo float32.
 BLOCK_FRAMES = 1 << 16
+_UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count for a stream whose header never got its length
 
 
 def read_audio(path: str | Path, dtype: str = "float32") -> np.ndarray:
@@ -66,6 +67,11 @@ def wav_samples(data: bytes) -> np.ndarray:
 def _read_encoded(path: Path, dtype: str) -> np.ndarray:
     try:
         with soundfile.SoundFile(path) as audio:
+            if audio.frames == _UNKNOWN_LENGTH:  # libsndfile cannot read such a stream to its end either
+                raise ValueError(
+                    f"{path}: its header does not say how long it is (a stream written to a pipe?); write it again "
+                    f"as a file, e.g. `ffmpeg -i {path.name} fixed{path.suffix.lower()}`."
+                )
             if audio.samplerate == SAMPLE_RATE and audio.channels == 1:  # read as stored: int16 stays exact
                 return audio.read(dtype=dtype)
             return _mono_16k(audio)

@@ -83,6 +83,13 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path):
             read_audio(tmp_path / name)
     with pytest.raises(ValueError, match=r"noise\.wav: cannot be decoded as \.wav"):
         read_audio(tmp_path / "noise.wav")
+    sf.write(tmp_path / "piped.flac", np.zeros((44_100, 2), dtype=np.float32), 44_100)
+    flac = bytearray((tmp_path / "piped.flac").read_bytes())
+    flac[8 + 13] &= 0xF0  # STREAMINFO's 36-bit total sample count set to 0, "unknown", as a stream writer leaves it
+    flac[8 + 14 : 8 + 18] = bytes(4)
+    (tmp_path / "piped.flac").write_bytes(flac)
+    with pytest.raises(ValueError, match=r"piped\.flac: its header does not say how long it is"):
+        read_audio(tmp_path / "piped.flac")
     with pytest.raises(ValueError, match=r"unsupported file type '\.mp3'"):
         read_audio(tmp_path / "x.mp3")
     with pytest.raises(FileNotFoundError, match=r"missing\.flac: no such file"):
