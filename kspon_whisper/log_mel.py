@@ -69,7 +69,8 @@ class LogMelSpectrogram(torch.nn.Module):
 
     def _log10_mel(self, waveform: torch.Tensor, first: int, last: int) -> torch.Tensor:
         """log10 mel power of frames [first, last) of the centred, reflect-padded STFT, from only the samples those
-        frames cover: a long file's spectrogram is never whole in memory as complex numbers (2.5 GB for 30 minutes)."""
+        frames cover: a long file's spectrogram is never whole in memory (30 minutes: 0.29 GB complex, 0.29 GB squared,
+        0.14 GB of power; measured, 0.6 GB more peak memory in transcribe.py)."""
         half, length = self.n_fft // 2, waveform.shape[-1]
         start, end = first * self.hop_length - half, (last - 1) * self.hop_length + half
         piece = waveform[:, max(start, 0) : min(end, length)]

@@ -106,15 +106,25 @@ def test_rejects_a_dithering_extractor():
 LONG_SAMPLES = [1_044_800, 656_013]
 
 
-def test_whole_long_audio_matches_the_extractor_without_truncation(extractor):
+def test_whole_long_audio_matches_the_extractor_without_truncation(extractor, monkeypatch):
     # Louder towards the end, so only a peak taken over the whole file (as the extractor takes it) matches.
     clips = [_speech_like(n, seed) * np.linspace(0.1, 1, n, dtype=np.float32) for seed, n in enumerate(LONG_SAMPLES)]
     expected = extractor(
         clips, sampling_rate=SAMPLING_RATE, truncation=False, padding="longest", return_attention_mask=True
     )
     log_mel = LogMelSpectrogram(extractor)
+    stft, frames_per_stft = torch.stft, []
+
+    def recorded_stft(*args, **kwargs):
+        spectrum = stft(*args, **kwargs)
+        frames_per_stft.append(spectrum.shape[-1])
+        return spectrum
+
+    monkeypatch.setattr(torch, "stft", recorded_stft)
     features = log_mel(_pad_batch(clips), pad_or_trim=False)
     assert features.shape == (2, extractor.feature_size, max(LONG_SAMPLES) // extractor.hop_length)
+    # 30 s at a time: a 30-minute file is never one 180,000-frame spectrogram (0.29 GB complex, as much squared)
+    assert frames_per_stft == [3000, 3000, 530]  # 6,530 frames of the 65.3 s clip
     torch.testing.assert_close(features, torch.from_numpy(expected["input_features"]), atol=TOLERANCE, rtol=0)
     mask = log_mel.attention_mask(torch.tensor(LONG_SAMPLES), features.shape[-1])
     assert torch.equal(mask, torch.from_numpy(expected["attention_mask"]).int())
