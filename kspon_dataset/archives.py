@@ -37,7 +37,7 @@ UTTERANCE_DTYPE = np.dtype(
     [("uid", "<i8"), ("folder", "<i4"), ("copies", "<u2")]
     + [(f"{kind}_{name}", t) for kind in ("pcm", "txt") for name, t in _FILE_FIELDS]
 )
-_INDEX_FORMAT = 1  # bump when UTTERANCE_DTYPE or the parsing changes: old cache files are then ignored
+_INDEX_FORMAT = 2  # bump when UTTERANCE_DTYPE or the parsing changes: old cache files are then ignored
 _PLAIN_FILE = 0xFFFF  # `method` of a member that is a file in an extracted folder
 
 
