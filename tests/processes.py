@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Two gloo processes on the CPU: `accelerate launch --cpu --num_processes 2` silently starts one, --multi_gpu with
+# ACCELERATE_USE_CPU starts two. Port 0: the OS picks a free one, so concurrent runs never collide.
+TWO_CPU_ENV = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
 TAG_VARIABLE = "KSPON_TEST_PROCESS_TREE"
 POLL_S = 0.1
 STACK_DUMP_GRACE_S = 2.0  # time for faulthandler to write the stacks before SIGKILL
@@ -196,3 +199,12 @@ def run_output(command: list[str], *, timeout_s: float, **kwargs) -> str:
     """`run_ok`, returning what the command printed (stdout, then stderr)."""
     result = run_ok(command, timeout_s=timeout_s, **kwargs)
     return result.stdout + result.stderr
+
+
+def two_cpu_processes(mixed_precision: str = "no") -> list[str]:
+    """`accelerate launch` for two gloo processes on the CPU (run it with TWO_CPU_ENV); the script and args follow."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
+        "--main_process_port", "0",
+    ]  # fmt: skip

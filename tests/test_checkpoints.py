@@ -2,9 +2,7 @@
 
 import errno
 import logging
-import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from kspon_whisper.checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from tests.processes import Finished, run_command
+from tests.processes import TWO_CPU_ENV, Finished, run_command, two_cpu_processes
 
 
 @dataclass
@@ -211,15 +209,9 @@ def test_sharded_fsdp_state_counts_as_complete(run, tmp_path, monkeypatch):
     assert (path / MARKER).is_file()
 
 
-TWO_RANKS = [
-    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "tests/two_rank_faults.py",
-]  # fmt: skip
-TWO_RANK_ENV = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-
-
 def run_two_ranks(*args: str, timeout_s: float) -> Finished:
-    result = run_command([*TWO_RANKS, *args], timeout_s=timeout_s, env=TWO_RANK_ENV)
+    command = [*two_cpu_processes(), "tests/two_rank_faults.py", *args]
+    result = run_command(command, timeout_s=timeout_s, env=TWO_CPU_ENV)
     assert not result.timed_out, f"a rank waited for the one that failed:\n{result.log_tail()}"
     return result
 

@@ -5,7 +5,6 @@ Kept small for CI (4 clips per split, 12 new tokens): about 15 s in one process 
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,17 +12,13 @@ import pytest
 
 from eval_whisper import parse_args
 from kspon_whisper.metrics import SCORES, loop_reason, score
-from tests.processes import run_ok
+from tests.processes import TWO_CPU_ENV, run_ok, two_cpu_processes
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "kspon_dataset" / "sample"
 SPLITS = ("eval_clean", "eval_other")
 TIMEOUT_S = 300
-ENV = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-TWO_PROCESSES = [
-    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-]  # fmt: skip
+ENV, TWO_PROCESSES = TWO_CPU_ENV, two_cpu_processes()
 
 
 def eval_command(model_dir: Path, output_dir: Path) -> list[str]:

@@ -8,8 +8,6 @@ left in the text give well above 1, and a forced wrong language shares no charac
 """
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from evaluate_clips import CLIPS, clip_trainer
 from transformers import WhisperForConditionalGeneration
 
 from kspon_whisper import evaluation
-from tests.processes import run_output
+from tests.processes import TWO_CPU_ENV, run_output, two_cpu_processes
 
 REPO = Path(__file__).resolve().parent.parent
 CER_BAND = (0.22, 0.50)
@@ -85,14 +83,9 @@ def test_a_broken_decode_falls_outside_the_band(mutate, trainer, monkeypatch):
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_metrics_and_rows(one_process, offline_whisper_dir, tmp_path):
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        "-m", "tests.evaluate_clips", str(offline_whisper_dir), str(tmp_path / "two.json"),
-    ]  # fmt: skip
-    # ACCELERATE_USE_CPU with --multi_gpu starts two gloo processes (`--cpu --num_processes 2` starts one).
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    run_output(command, cwd=REPO, env=env, timeout_s=TIMEOUT_S)
+    clips = ["-m", "tests.evaluate_clips", str(offline_whisper_dir), str(tmp_path / "two.json")]
+    command = [*two_cpu_processes(), *clips]
+    run_output(command, cwd=REPO, env=TWO_CPU_ENV, timeout_s=TIMEOUT_S)
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["records"] == one_process["records"]
     assert {k: v for k, v in two.items() if k != "records"} == {k: v for k, v in one_process.items() if k != "records"}

@@ -6,9 +6,7 @@ gradient checkpointing, then checks what `Trainer.finish` leaves: the adapters m
 
 import dataclasses
 import json
-import os
 import re
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +20,7 @@ from transformers import WhisperForConditionalGeneration
 import train_accelerate
 from kspon_whisper.lora import add_lora, card_sentence, merge_lora
 from kspon_whisper.random_whisper import whisper_config
-from tests.processes import run_ok
+from tests.processes import TWO_CPU_ENV, run_ok, two_cpu_processes
 from train_accelerate import TrainConfig, Trainer, configure_model, load_model, parse_config
 
 RANK, ALPHA = 4, 16
@@ -152,15 +150,13 @@ def test_gradients_reach_every_adapter_through_gradient_checkpointing():
 # --- a real run: two DDP processes, bf16 autocast, gradient checkpointing, LoRA on attention and MLP ---
 
 TIMEOUT_S = 240  # about 40 s on 2 shared cores
-ENV = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tiny_whisper_dir: Path, tone_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("lora_ddp") / "out"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", "train_accelerate.py",
+        *two_cpu_processes(mixed_precision="bf16"), "train_accelerate.py",
         "--model_name_or_path", str(tiny_whisper_dir), "--data_dir", str(tone_corpus), "--output_dir", str(out),
         "--max_steps", "4", "--per_device_batch_size", "4", "--num_workers", "0", "--learning_rate", "1e-2",
         "--warmup_steps", "1", "--gradient_checkpointing", "true", "--log_every", "1", "--eval_every", "0",
@@ -168,7 +164,7 @@ def ddp_run(tiny_whisper_dir: Path, tone_corpus: Path, tmp_path_factory: pytest.
         "--lora_rank", str(RANK), "--lora_alpha", str(ALPHA), "--lora_mlp", "true", "--lora_dropout", "0.1",
         "--trained_ids_dir", str(out / "trained_ids"),
     ]  # fmt: skip
-    result = run_ok(command, timeout_s=TIMEOUT_S, env=ENV)
+    result = run_ok(command, timeout_s=TIMEOUT_S, env=TWO_CPU_ENV)
     return {"out": out, "log": result.stdout + result.stderr}
 
 

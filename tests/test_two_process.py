@@ -9,24 +9,18 @@ fillers also sit inside accumulation windows, and `--num_epochs 1` must stop aft
 
 import json
 import math
-import os
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from kspon_dataset import load_kspon
-from tests.processes import run_ok
+from tests.processes import TWO_CPU_ENV, run_ok, two_cpu_processes
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH_SIZE = 4
 TIMEOUT_S = 240  # about 15-30 s normally
-ENV = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-LAUNCH = [
-    sys.executable, "-m", "accelerate.commands.launch",
-    "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-]  # fmt: skip
+ENV, LAUNCH = TWO_CPU_ENV, two_cpu_processes()
 
 # Streaming needs max_steps: the test sets it to one epoch and 2 steps into the next. Map-style derives its steps
 # from one epoch, which both ranks must count alike (the longer rank's batches) or the schedules would differ.
