@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
@@ -61,9 +62,17 @@ from kspon_whisper.checkpoints import (
     save_checkpoint,
     save_final_model,
 )
-from kspon_whisper.data import ModelInputs, PassCounter, load_splits, make_dataloader, set_epoch, speech_batcher
+from kspon_whisper.data import (
+    ModelInputs,
+    PassCounter,
+    batches_per_pass,
+    load_splits,
+    make_dataloader,
+    set_epoch,
+    speech_batcher,
+)
 from kspon_whisper.evaluation import evaluate_split, write_predictions
-from kspon_whisper.export import check_export_options, export_ct2
+from kspon_whisper.export import QUANTIZATIONS, check_export_options, export_ct2
 from kspon_whisper.hub import check_hub_access, push_output_dir
 from kspon_whisper.inference import MAX_NEW_TOKENS, NUM_BEAMS, GenerationSettings, set_korean_transcription
 from kspon_whisper.lora import add_lora, merge_lora, parameter_line
@@ -100,6 +109,9 @@ class TrainConfig:
     log_mel_on_device: bool = True  # ship int16 audio, compute log-mel on the accelerator (False: in the workers)
     label_bucket: int | None = None  # pad label length to a multiple of this (default 16 with torch_compile)
     timestamp_probability: float = 0.2  # share of training labels that carry timestamp tokens; 0 turns it off
+    # share of training examples padded as faster-whisper pads them (the clip's log-mel, zero-padded to 3,000 frames)
+    # instead of as Transformers and openai-whisper do (the waveform zero-padded to 30 s); 0 turns it off
+    feature_padding_probability: float = 0.5
     # optimisation
     per_device_batch_size: int = 16  # examples per micro-batch per process
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (fewer at the end of an epoch)
@@ -185,8 +197,11 @@ class TrainConfig:
                 f"--timestamp_probability must be in [0, 1] (a share of the training labels), got "
                 f"{self.timestamp_probability}; 0 turns timestamp labels off."
             )
-        if self.streaming and self.max_steps <= 0 and not self.push_only:
-            raise ValueError("Streaming data has no length: set --max_steps (or --streaming false with num_epochs).")
+        if not 0 <= self.feature_padding_probability <= 1:
+            raise ValueError(
+                f"--feature_padding_probability must be in [0, 1] (a share of the training examples), got "
+                f"{self.feature_padding_probability}; 0 turns it off."
+            )
         if isinstance(self.final_eval_splits, str):  # `final_eval_splits: test` in YAML is one name, not letters
             self.final_eval_splits = self.final_eval_splits.replace(",", " ").split()
         unknown = sorted(set(self.final_eval_splits) - set(HELD_OUT_SPLITS))
@@ -409,7 +424,9 @@ class Trainer:
             probability=cfg.timestamp_probability,
             seed=cfg.seed,
         )
-        self.train_batcher = dataclasses.replace(self.batcher, timestamps=timestamps)
+        self.train_batcher = dataclasses.replace(
+            self.batcher, timestamps=timestamps, feature_padding=cfg.feature_padding_probability, seed=cfg.seed
+        )
         with accelerator.main_process_first():  # rank 0 first: it prepares (map-style) and indexes the archives
             self.splits = load_splits(
                 cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
@@ -424,7 +441,11 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             fused=accelerator.device.type == "cuda",
         )
-        self.max_steps = cfg.max_steps or self.steps_from_epochs()
+        self.planned_pass_steps = self.steps_per_pass()
+        self.max_steps = cfg.max_steps or math.ceil(self.planned_pass_steps * cfg.num_epochs)
+        # With --num_epochs, training also ends with its last pass: a pass that drops a whole batch for its content
+        # (rare) is shorter than planned, and the schedule then ends a little before its last step.
+        self.max_passes = math.ceil(cfg.num_epochs) if not cfg.max_steps else math.inf
         # The scheduler is stepped once per optimizer step by hand (a prepared one steps num_processes times).
         self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer, cfg.warmup_steps, self.max_steps)
         if cfg.torch_compile:
@@ -432,6 +453,8 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
         self.step, self.epoch, self.skipped_steps, self.too_long = 0, 0, 0, 0
+        self.pass_start_step = 0  # the step the current pass began at
+        self.saved_step = 0  # the step of the last checkpoint saved or resumed
         self.before_training: dict | None = None  # validation metrics of the untouched model, when asked for
         self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with trained_ids_dir
 
@@ -453,18 +476,18 @@ class Trainer:
             shuffle=shuffle,
         )
 
-    def steps_from_epochs(self) -> int:
+    def steps_per_pass(self) -> int:
+        """Optimizer steps one pass over the training split takes, from the index alone when streaming."""
         # Ranks can hold one example more than others, and an epoch lasts as long as the longest rank (see
         # `ranked_batches`); every rank must agree on max_steps, or the schedules differ and the last reduce hangs.
-        batches = torch.tensor(len(self.train_loader), device=self.accelerator.device)
+        batches = torch.tensor(batches_per_pass(self.train_loader), device=self.accelerator.device)
         batches = int(self.accelerator.reduce(batches, reduction="max"))
-        per_epoch = math.ceil(batches / self.cfg.gradient_accumulation_steps)  # the last window ends with the epoch
-        return math.ceil(per_epoch * self.cfg.num_epochs)
+        return math.ceil(batches / self.cfg.gradient_accumulation_steps)  # the last window ends with the epoch
 
     def describe(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         effective = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
-        per_epoch = len(self.splits["train"]) if not cfg.streaming else "unknown (streaming)"
+        per_epoch = f"{len(self.splits['train']):,} ({self.planned_pass_steps:,} optimizer steps)"
         self.say(
             f"effective batch {effective} = {cfg.per_device_batch_size} per device x {cfg.gradient_accumulation_steps}"
             f" accumulation x {acc.num_processes} processes | {self.max_steps:,} optimizer steps = "
@@ -499,7 +522,9 @@ class Trainer:
             ) from err
         self.step, self.epoch = state["step"], state["epoch"]
         self.skipped_steps, self.too_long = state["skipped_steps"], state["too_long"]
+        self.pass_start_step = state.get("pass_start_step", 0)
         self.train_counts.counts = Counter(state.get("train_counts", {}))
+        self.saved_step = self.step
         self.say(f"Resumed from {checkpoint} at step {self.step}, epoch {self.epoch}.")
         return state["dataloader"]
 
@@ -511,7 +536,7 @@ class Trainer:
             self.before_training = self.evaluate_and_log("validation", cfg.max_eval_samples)
         bar = tqdm(total=self.max_steps, initial=self.step, desc="train", disable=not acc.is_local_main_process)
         tally = {"loss": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
-        while self.step < self.max_steps:
+        while self.step < self.max_steps and self.epoch < self.max_passes:
             set_epoch(self.train_loader, self.epoch)
             if loader_state is not None:
                 self.train_loader.load_state_dict(loader_state)
@@ -535,18 +560,23 @@ class Trainer:
                 tally["grad_norm"] = grad_norm
                 bar.update(1)
                 self.on_step_end(tally)
-                if self.step >= self.max_steps:
-                    break
+                if self.step >= self.max_steps and self.step - self.pass_start_step < self.planned_pass_steps:
+                    break  # mid-pass; at a pass's end, let the loader finish it, so that the pass is counted
             else:
                 self.end_of_pass()
                 self.epoch += 1
+        if self.step < self.max_steps and self.step != self.saved_step:  # the last pass ended early: it is the end
+            if tally["steps"]:
+                self.log_window(tally)
+            self.save_checkpoint()
         bar.close()
         if cfg.trained_ids_dir:
             self.write_trained_ids(Path(cfg.trained_ids_dir))
 
     def end_of_pass(self) -> None:
         line, counts = self.train_counts.line(f"train pass {self.epoch + 1}", self.accelerator)
-        self.say(line)
+        steps, self.pass_start_step = self.step - self.pass_start_step, self.step
+        self.say(f"{line} | {steps} optimizer steps of {self.planned_pass_steps} planned")
         self.data_counts["train"] = dict(counts)
 
     def count_trained(self, window: list[tuple[dict, float]]) -> None:
@@ -631,11 +661,13 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "too_long": self.too_long,
             "train_counts": dict(self.train_counts.counts),
+            "pass_start_step": self.pass_start_step,
             "dataloader": self.train_loader.state_dict(),
         }
         path = save_checkpoint(
             self.accelerator, self.output_dir / "checkpoints", self.step, loop_state, self.cfg.save_total_limit
         )
+        self.saved_step = self.step
         self.say(f"saved checkpoint {path}")
 
     def finish(self) -> None:

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 
+from .log_mel import LogMelSpectrogram
+
 LABEL_PAD_ID = -100  # ignored by torch's cross-entropy; the pad id would be trained on as a real token
 AUDIO_MODES = ("features", "waveform")
 
@@ -21,6 +23,9 @@ class WhisperCollator:
     audio_mode="features" returns `input_features` (B, n_mels, 3000) float32 computed on the host.
     audio_mode="waveform" returns `input_audio` (B, 480000) and `audio_lengths` (B,) for `LogMelSpectrogram` on the
     accelerator; `input_audio` is int16 when every example is int16 PCM, float32 otherwise.
+
+    An example with `"feature_padded": True` is to be padded as faster-whisper pads it (`LogMelSpectrogram.
+    feature_padded`): its features are computed that way here, or, for waveforms, `feature_padded` (B,) bool says so.
     """
 
     feature_extractor: WhisperFeatureExtractor
@@ -40,7 +45,8 @@ class WhisperCollator:
             raise ValueError("WhisperCollator got an empty list of examples; the DataLoader should never do this.")
         for example in examples:
             self._check_example(example)
-        batch = self._collate_audio([np.asarray(example["audio"]) for example in examples])
+        feature_padded = [bool(example.get("feature_padded", False)) for example in examples]
+        batch = self._collate_audio([np.asarray(example["audio"]) for example in examples], feature_padded)
         batch["labels"] = self._collate_labels([list(example["labels"]) for example in examples])
         if all("id" in example for example in examples):
             batch["id"] = [example["id"] for example in examples]
@@ -66,15 +72,23 @@ class WhisperCollator:
                 "Whisper needs mono 1-D audio at 16 kHz. Downmix before batching."
             )
 
-    def _collate_audio(self, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def _collate_audio(self, arrays: list[np.ndarray], feature_padded: list[bool]) -> dict[str, torch.Tensor]:
         if self.audio_mode == "waveform":
-            return pad_waveforms(arrays, self.feature_extractor.n_samples)
+            batch = pad_waveforms(arrays, self.feature_extractor.n_samples)
+            if any(feature_padded):
+                batch["feature_padded"] = torch.tensor(feature_padded)
+            return batch
         features = self.feature_extractor(
             [pcm_to_float32(audio) for audio in arrays],
             sampling_rate=self.feature_extractor.sampling_rate,
             return_tensors="np",
         )["input_features"]
-        return {"input_features": torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))}
+        features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        if any(feature_padded):
+            log_mel = LogMelSpectrogram(self.feature_extractor)
+            for i in np.flatnonzero(feature_padded):
+                features[i] = log_mel.feature_padded(torch.from_numpy(arrays[i]))
+        return {"input_features": features}
 
     def _collate_labels(self, rows: list[list[int]]) -> torch.Tensor:
         # Per row, not `(labels[:, 0] == start).all()` per batch: that check (transformers#29973) let a single row

@@ -16,6 +16,7 @@ training loop (`ranked_batches`).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from kspon_dataset.corpus import (
 
 from .audio import wav_samples
 from .collator import WhisperCollator
+from .draws import drawn
 from .log_mel import LogMelSpectrogram
 from .timestamps import TimestampLabels
 
@@ -153,12 +155,17 @@ class UtteranceStream(torch.utils.data.IterableDataset):
 @dataclass
 class SpeechBatcher:
     """DataLoader `collate_fn`: tokenize the text (timestamping a share of the labels when training), drop rows whose
-    labels exceed the decoder's positions, then collate."""
+    labels exceed the decoder's positions, then collate (padding a share of the rows as faster-whisper does when
+    training)."""
 
     processor: WhisperProcessor
     collator: WhisperCollator
     timestamps: TimestampLabels | None = None  # training only: evaluation labels never carry timestamps
-    epoch: int = 0  # set by `set_epoch`; which labels carry timestamps changes with it
+    feature_padding: float = 0.0  # training only: share of rows padded as faster-whisper pads them (log_mel.py)
+    seed: int = 0  # the run's seed: another seed pads other rows
+    epoch: int = (
+        0  # set by `set_epoch`; which labels carry timestamps, and which rows are feature-padded, change with it
+    )
 
     def __call__(self, rows: list[dict]) -> dict:
         kept, too_long, skipped = [], 0, Counter()
@@ -174,7 +181,10 @@ class SpeechBatcher:
             if len(labels) > self.collator.max_label_length:  # timestamp tokens included: they take positions too
                 too_long += 1
                 continue
-            kept.append({"audio": samples, "labels": labels, "id": row["id"], "text": row["text"]})
+            padded = drawn(self.feature_padding, "feature_padding", self.seed, self.epoch, row["id"])
+            kept.append(
+                {"audio": samples, "labels": labels, "id": row["id"], "text": row["text"], "feature_padded": padded}
+            )
         batch = self.collator(kept) if kept else {"id": []}
         batch["text"] = [row["text"] for row in kept]
         batch["num_too_long"] = too_long
@@ -211,6 +221,9 @@ class ModelInputs:
     def __call__(self, batch: dict) -> dict:
         if "input_audio" in batch:
             features = self.log_mel(batch["input_audio"].to(self.device, non_blocking=True))
+            for row in batch["feature_padded"].nonzero().flatten().tolist() if "feature_padded" in batch else []:
+                clip = batch["input_audio"][row, : batch["audio_lengths"][row]]
+                features[row] = self.log_mel.feature_padded(clip.to(self.device, non_blocking=True))
         else:
             features = batch["input_features"].to(self.device, non_blocking=True)
         return {"input_features": features, "labels": batch["labels"].to(self.device, non_blocking=True)}
@@ -246,6 +259,18 @@ def make_dataloader(
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+def batches_per_pass(loader: StatefulDataLoader) -> int:
+    """Batches one pass of `loader` yields on this rank, known before reading anything: the index counts the
+    utterances the size-based filters keep, and each streaming worker batches its own share (`rank_order`).
+    A batch whose every row is dropped for its content (an empty transcript, labels too long) is not trained on,
+    so a pass can be shorter, never longer."""
+    if not isinstance(loader.dataset, UtteranceStream):
+        return len(loader)
+    stream, workers = loader.dataset, max(loader.num_workers, 1)
+    rows = len(range(stream.rank, len(stream.split), stream.world_size))
+    return sum(math.ceil(len(range(worker, rows, workers)) / loader.batch_size) for worker in range(workers))
 
 
 def set_epoch(loader: StatefulDataLoader, epoch: int) -> None:

@@ -8,6 +8,12 @@ turns it into the exact `input_features` the extractor would have produced:
     input_features = log_mel(batch.pop("input_audio"))
 
 Inference (`kspon_whisper.inference`) uses the same module, with `pad_or_trim=False` for audio longer than 30 s.
+
+Two front-ends feed Whisper a clip shorter than 30 s. Transformers and openai-whisper pad the *waveform* to 30 s, so
+the padded frames sit at the log-mel floor, (peak - 8 + 4) / 4. faster-whisper pads the waveform by 160 samples only
+and then the *normalised log-mel* with zeros to 3,000 frames (`FeatureExtractor` + `pad_or_trim`). A model fine-tuned
+on one form alone can lose half its accuracy in the other (benchmarks/RESULTS.md), so the trainer gives a share of
+its examples the second form (`feature_padded`, `--feature_padding_probability`).
 """
 
 import torch
@@ -66,6 +72,14 @@ class LogMelSpectrogram(torch.nn.Module):
             peak = log_spec.amax(dim=(1, 2), keepdim=True)
             log_spec = torch.maximum(log_spec, peak - _DYNAMIC_RANGE, out=log_spec)
             return log_spec.add_(4.0).div_(4.0)
+
+    def feature_padded(self, clip: torch.Tensor) -> torch.Tensor:
+        """(n_mels, 3000) features of a 1-D clip as faster-whisper computes them: the log-mel of the clip and 160 zero
+        samples, normalised over those frames alone, then zero-padded (or cut) to the 30 s window's frames."""
+        frames = self.n_samples // self.hop_length
+        waveform = torch.nn.functional.pad(_to_float32(clip)[None], (0, self.hop_length))
+        log_spec = self(waveform, pad_or_trim=False)[0, :, :frames]
+        return torch.nn.functional.pad(log_spec, (0, frames - log_spec.shape[-1]))
 
     def _log10_mel(self, waveform: torch.Tensor, first: int, last: int) -> torch.Tensor:
         """log10 mel power of frames [first, last) of the centred, reflect-padded STFT, from only the samples those

@@ -12,10 +12,11 @@ rank and worker agrees, a resumed run makes the same choices, and each epoch dra
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from .draws import drawn
 
 TIME_PRECISION = 0.02  # seconds per timestamp token, as in Whisper's tokenizer
 MAX_TIMESTAMP_STEPS = 1500  # <|30.00|>: Whisper's window is 30 s
@@ -41,8 +42,7 @@ class TimestampLabels:
         return self.timestamped(labels, seconds)
 
     def chosen(self, utterance_id: str, epoch: int) -> bool:
-        digest = hashlib.blake2b(f"{self.seed}/{epoch}/{utterance_id}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") < self.probability * 2**64  # uniform in [0, 2**64): p=1 always
+        return drawn(self.probability, self.seed, epoch, utterance_id)
 
     def timestamped(self, labels: list[int], seconds: float) -> list[int]:
         """`<|startoftranscript|><|ko|><|transcribe|><|notimestamps|> text <|endoftext|>` becomes

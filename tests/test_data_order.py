@@ -17,7 +17,7 @@ import pytest
 
 from kspon_dataset import KsponSpeech, archives, corpus
 from kspon_dataset.sample_corpus import Utterance, write_utterances
-from kspon_whisper.data import PassCounter, Split, make_dataloader, rank_order, set_epoch
+from kspon_whisper.data import PassCounter, Split, batches_per_pass, make_dataloader, rank_order, set_epoch
 
 FOLDERS = (1, 7, 60, 124, 125, 130, 200, 248, 249, 300, 372, 373, 400, 496, 497, 550, 600, 620)
 FOLDERS += tuple(range(2, 27))  # 43 in all
@@ -237,3 +237,14 @@ def test_large_archives_are_indexed_in_child_processes(scaled_corpus, tmp_path, 
     archives.index_source.cache_clear()
     assert all(isinstance(archives.index_source(s).records, np.memmap) for s in sources)
     archives.index_source.cache_clear()
+
+
+@pytest.mark.parametrize(("world_size", "num_workers", "batch_size"), [(1, 0, 16), (3, 2, 16), (8, 3, 5), (2, 4, 7)])
+def test_the_batches_of_a_streamed_pass_are_known_before_reading(splits, world_size, num_workers, batch_size):
+    """--num_epochs on streaming data: a pass's length comes from the index, and is exactly what the loader yields."""
+    for rank in {0, world_size - 1}:
+        stream = make_dataloader(
+            splits["train"], ids_of, batch_size=batch_size, num_workers=num_workers, rank=rank,
+            world_size=world_size, seed=0, shuffle=True,
+        )  # fmt: skip
+        assert batches_per_pass(stream) == sum(1 for _ in stream)

@@ -138,3 +138,35 @@ def test_resume_after_sigkill_is_bit_identical(
         assert resumed.keys() == expected.keys()
         differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
         assert not differing, f"{len(differing)} of {len(expected)} tensors differ after resuming: {differing[:3]}"
+
+
+SAMPLE = REPO / "kspon_dataset" / "sample"
+
+
+def test_num_epochs_on_streaming_data_trains_whole_passes_and_resumes_exactly(dropout_whisper_dir, tmp_path):
+    """`--num_epochs 2` with the default (streaming) data: the schedule's length comes from the index, every kept id
+    is trained on once per pass, and a run killed mid-pass resumes to the same weights. The sample's train split
+    keeps 101 of 102 utterances by size and drops one more for its empty transcript while reading; two workers
+    batch 51 and 50 of them, 7 + 7 steps a pass."""
+    command = [
+        *train_command(dropout_whisper_dir, SAMPLE, tmp_path / "whole", True, 2, 0),
+        *("--max_steps", "0", "--num_epochs", "2", "--per_device_batch_size", "8"),
+    ]
+    log = run_to_end([*command, "--trained_ids_dir", str(tmp_path / "ids")])
+    passes = [line for line in log.splitlines() if line.startswith("train pass")]
+    assert len(passes) == 2 and all("kept 100 of 102" in line for line in passes), passes
+    assert all(line.endswith("| 14 optimizer steps of 14 planned") for line in passes), passes
+    ids = json.loads((tmp_path / "ids" / "rank0.json").read_text())["ids"]
+    assert sorted(ids) == ["0", "1"]
+    assert len(set(ids["0"])) == len(ids["0"]) == 100 and sorted(ids["0"]) == sorted(ids["1"]) and ids["0"] != ids["1"]
+    expected = load_file(tmp_path / "whole" / "model.safetensors")
+
+    out = tmp_path / "resumed"
+    command[command.index(str(tmp_path / "whole"))] = str(out)
+    command[command.index("--save_every") + 1] = "6"
+    run_until_killed(command, "step_00000018")  # mid-way through the second pass
+    log = run_to_end([*command, "--resume_from_checkpoint", "latest"])
+    assert "at step 18, epoch 1" in log
+    resumed = load_file(out / "model.safetensors")
+    differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
+    assert not differing, f"{len(differing)} of {len(expected)} tensors differ after resuming: {differing[:3]}"

@@ -145,10 +145,9 @@ def test_invalid_choice_lists_the_valid_values():
         parse_config(["--data_dir", "/d", "--max_steps", "5", "--report_to", "mlflow"])
 
 
-def test_streaming_needs_max_steps():
-    with pytest.raises(ValueError, match="--max_steps"):
-        parse_config(["--data_dir", "/d"])
-    assert parse_config(["--data_dir", "/d", "--streaming", "false"]).num_epochs == 3.0  # map-style may use epochs
+def test_epochs_need_no_max_steps_streaming_or_not():
+    assert parse_config(["--data_dir", "/d", "--num_epochs", "2"]).streaming  # the index gives a pass's length
+    assert parse_config(["--data_dir", "/d", "--streaming", "false"]).num_epochs == 3.0
 
 
 def test_missing_data_dir_says_what_to_pass():

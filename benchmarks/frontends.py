@@ -1,0 +1,163 @@
+"""Does the fine-tuned model decode as well in faster-whisper, on audio as users give it, as in Transformers?
+
+    python benchmarks/frontends.py --write_results                            # the demo at seeds 42, 1, 2
+    python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
+
+For each --feature_padding_probability P and --seed S, the demo's fine-tune (`configs/demo.yaml`, ~15-20 min on 2
+cores; an output folder that already holds metrics.json is reused) is exported with `kspon_whisper.export` to float16
+and int8, and the 26 held-out clips of the sample (test + eval_clean) are decoded by faster-whisper the way its
+README calls it: the clip as given (not padded by hand), `language="ko", beam_size=1, temperature=0.0,
+condition_on_previous_text=False`, with and without timestamps. Transformers' row is the trainer's own predictions
+(predictions_<split>.jsonl). faster-whisper zero-pads the clip's log-mel to 3,000 frames where Transformers pads the
+waveform to 30 s (kspon_whisper/log_mel.py); P is the share of training examples given faster-whisper's form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from faster_whisper import WhisperModel
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the repo need not be installed
+
+from benchmarks.data_pipeline import cpu_model, markdown_table, write_section  # noqa: E402
+from kspon_dataset.corpus import read_utterance  # noqa: E402
+from kspon_whisper.audio import to_dtype  # noqa: E402
+from kspon_whisper.data import load_splits  # noqa: E402
+from kspon_whisper.export import export_ct2  # noqa: E402
+from kspon_whisper.inference import LANGUAGE  # noqa: E402
+from kspon_whisper.metrics import normalize_for_scoring, score  # noqa: E402
+
+SAMPLE = REPO / "kspon_dataset" / "sample"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## faster-whisper on audio as given: the two front-ends"
+SPLITS = ("test", "eval_clean")
+# (export quantization, faster-whisper compute type): float16 weights run in float32 on a CPU
+DECODERS = (("float16", "float32"), ("int8", "int8"))
+
+
+def fine_tune(probability: float, seed: int, runs: Path) -> Path:
+    """The demo's fine-tune with this share and seed (reused when already done)."""
+    output_dir = runs / f"p{probability:g}-s{seed}"
+    if not (output_dir / "metrics.json").is_file():
+        command = [
+            *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/cpu.yaml"),
+            *("train_accelerate.py", "--config", "configs/demo.yaml", "--output_dir", str(output_dir)),
+            *("--seed", str(seed), "--feature_padding_probability", str(probability), "--report_to", "none"),
+        ]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, cwd=REPO, check=True)
+    return output_dir
+
+
+def held_out_clips() -> list[tuple[str, np.ndarray]]:
+    splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
+    clips = []
+    for name in SPLITS:
+        for i in range(len(splits[name])):
+            example, _ = read_utterance(splits[name].data, i, "spelling")
+            clips.append((example["id"], to_dtype(np.frombuffer(example["pcm"], "<i2"), "float32")))
+    return clips
+
+
+def transformers_texts(output_dir: Path) -> dict[str, tuple[str, str]]:
+    """id -> (reference, hypothesis) from the trainer's predictions."""
+    records = {}
+    for name in SPLITS:
+        for line in (output_dir / f"predictions_{name}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            records[record["id"]] = (record["reference"], record["hypothesis"])
+    return records
+
+
+def faster_whisper_texts(model_dir: Path, compute_type: str, clips, timestamps: bool) -> dict[str, str]:
+    model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=2)
+    texts = {}
+    for uid, audio in clips:
+        segments, _ = model.transcribe(
+            audio,
+            language=LANGUAGE,
+            beam_size=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=not timestamps,
+        )
+        texts[uid] = "".join(segment.text for segment in segments).strip()
+    return texts
+
+
+def is_broken(text: str) -> bool:
+    """An output made only of U+FFFD (a token cut inside a Hangul syllable) or digits: no words at all."""
+    return not normalize_for_scoring(text.replace("\ufffd", "")).replace(" ", "").strip("0123456789")
+
+
+def row(name: str, references: dict[str, str], hypotheses: dict[str, str], transformers: dict[str, str]) -> dict:
+    ids = sorted(references)
+    scores = score([references[i] for i in ids], [hypotheses[i] for i in ids])
+    same = sum(normalize_for_scoring(hypotheses[i]) == normalize_for_scoring(transformers[i]) for i in ids)
+    broken = sum(is_broken(hypotheses[i]) for i in ids)
+    return {"decoder": name, "cer_nospace": scores["cer_nospace"], "identical": same, "broken": broken, "n": len(ids)}
+
+
+def measure(output_dir: Path, clips) -> list[dict]:
+    records = transformers_texts(output_dir)
+    references = {uid: ref for uid, (ref, _) in records.items()}
+    transformers = {uid: hyp for uid, (_, hyp) in records.items()}
+    rows = [row("Transformers (the trainer's predictions)", references, transformers, transformers)]
+    for quantization, compute_type in DECODERS:
+        model_dir = export_ct2(output_dir, None, quantization, overwrite=True)
+        for timestamps in (False, True):
+            texts = faster_whisper_texts(model_dir, compute_type, clips, timestamps)
+            name = f"faster-whisper {quantization}, as given" + (", timestamps" if timestamps else "")
+            rows.append(row(name, references, texts, transformers))
+    return rows
+
+
+def format_section(results: list[dict], command: str, commit: str) -> str:
+    lines = [SECTION, "", f"`{command}` at commit {commit}, on {cpu_model()} (2 cores), faster-whisper float16 export"]
+    lines[-1] += (
+        " run in float32 (a CPU has no float16 kernels), int8 in int8. Space-free CER on the 26 held-out clips."
+    )
+    header = ["P", "seed", "decoder", "space-free CER", "x Transformers", "identical to Transformers", "only �/digits"]
+    table = []
+    for run in results:
+        reference = run["rows"][0]["cer_nospace"]
+        for r in run["rows"]:
+            ratio = f"{r['cer_nospace'] / reference:.2f}" if reference else "-"
+            cells = [f"{run['probability']:g}", str(run["seed"]), r["decoder"], f"{r['cer_nospace']:.3f}", ratio]
+            table.append([*cells, f"{r['identical']}/{r['n']}", str(r["broken"])])
+    return "\n".join([*lines, "", markdown_table(header, table), ""])
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--probabilities", type=float, nargs="+", default=[0.5], help="--feature_padding_probability")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "frontends", help="fine-tunes (reused)")
+    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
+    args = parser.parse_args(argv)
+    clips, results = held_out_clips(), []
+    for probability in args.probabilities:
+        for seed in args.seeds:
+            start = time.perf_counter()
+            rows = measure(fine_tune(probability, seed, args.runs), clips)
+            results.append({"probability": probability, "seed": seed, "rows": rows})
+            print(json.dumps(results[-1], ensure_ascii=False), f"({time.perf_counter() - start:.0f} s)", flush=True)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, cwd=REPO, capture_output=True, text=True)
+    command = "python benchmarks/frontends.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    section = format_section(results, command, git.stdout.strip())
+    print(section)
+    if args.write_results:
+        write_section(RESULTS, section)
+    return results
+
+
+if __name__ == "__main__":
+    main()
