@@ -210,9 +210,14 @@ def test_missing_ctranslate2_fails_at_configuration_with_the_install_command(mon
         train_accelerate.TrainConfig(data_dir="data", max_steps=1, export_ct2="int8")
 
 
-def test_trainer_refuses_an_unknown_export_choice():
-    with pytest.raises(ValueError, match="'int4' is not one of"):
+def test_trainer_refuses_an_unknown_export_choice(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # argparse, on the command line
         train_accelerate.parse_config(["--data_dir", "data", "--max_steps", "1", "--export_ct2", "int4"])
+    assert "--export_ct2/--export-ct2: invalid choice: 'int4'" in capsys.readouterr().err
+    config = tmp_path / "run.yaml"
+    config.write_text("data_dir: data\nmax_steps: 1\nexport_ct2: int4\n")
+    with pytest.raises(ValueError, match="'int4' is not one of"):
+        train_accelerate.parse_config(["--config", str(config)])
 
 
 def _write_vocabularies(folder: Path, vocabulary: list[str], vocab: dict[str, int], added: dict[str, int]) -> None:
