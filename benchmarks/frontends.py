@@ -4,7 +4,7 @@
     python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
 
 For each --feature_padding_probability P and --seed S, the demo's fine-tune (`configs/demo.yaml`, ~15-20 min on 2
-cores; an output folder that already holds metrics.json is reused) is exported with `kspon_whisper.export` to float16
+cores; reused, with its decodes, when its folder holds them) is exported with `kspon_whisper.export` to float16
 and int8, and the 26 held-out clips of the sample (test + eval_clean) are decoded by faster-whisper the way its
 README calls it: the clip as given (not padded by hand), `language="ko", beam_size=1, temperature=0.0,
 condition_on_previous_text=False`, with and without timestamps. Transformers' row is the trainer's own predictions
@@ -20,9 +20,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import torch
 from faster_whisper import WhisperModel
+from transformers import WhisperFeatureExtractor
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the repo need not be installed
@@ -30,7 +33,8 @@ sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the re
 from benchmarks.data_pipeline import cpu_model, markdown_table, write_section  # noqa: E402
 from kspon_dataset.corpus import read_utterance  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
-from kspon_whisper.data import load_splits  # noqa: E402
+from kspon_whisper.collator import WhisperCollator  # noqa: E402
+from kspon_whisper.data import ModelInputs, load_splits  # noqa: E402
 from kspon_whisper.export import export_ct2  # noqa: E402
 from kspon_whisper.inference import LANGUAGE  # noqa: E402
 from kspon_whisper.metrics import normalize_for_scoring, score  # noqa: E402
@@ -107,6 +111,10 @@ def row(name: str, references: dict[str, str], hypotheses: dict[str, str], trans
 
 
 def measure(output_dir: Path, clips) -> list[dict]:
+    """The rows of one fine-tune, kept in its folder (frontends.json) so that rewriting the table decodes nothing."""
+    cached = output_dir / "frontends.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
     records = transformers_texts(output_dir)
     references = {uid: ref for uid, (ref, _) in records.items()}
     transformers = {uid: hyp for uid, (_, hyp) in records.items()}
@@ -117,7 +125,33 @@ def measure(output_dir: Path, clips) -> list[dict]:
             texts = faster_whisper_texts(model_dir, compute_type, clips, timestamps)
             name = f"faster-whisper {quantization}, as given" + (", timestamps" if timestamps else "")
             rows.append(row(name, references, texts, transformers))
+    cached.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def front_end_cost(probabilities=(0.0, 0.5, 1.0), batch_size: int = 16, repeats: int = 5) -> dict[float, float]:
+    """Milliseconds (best of `repeats`, one thread) to compute a large-v3 batch's log-mels (128 mels) with a share of
+    its rows feature-padded: those rows' STFT covers the clip alone, not 30 s. Clips of 0.5-12 s (KsponSpeech: 5.6 s
+    on average)."""
+    torch.set_num_threads(1)
+    extractor = WhisperFeatureExtractor(feature_size=128)
+    inputs = ModelInputs(SimpleNamespace(feature_extractor=extractor), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    audio = [(rng.standard_normal(int(s * 16_000)) * 3000).astype(np.int16) for s in rng.uniform(0.5, 12, batch_size)]
+    collate = WhisperCollator(extractor, decoder_start_token_id=0, audio_mode="waveform")
+    cost = {}
+    for probability in probabilities:
+        rows = [
+            {"audio": a, "labels": [0], "feature_padded": i < batch_size * probability} for i, a in enumerate(audio)
+        ]
+        batch = collate(rows)
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            inputs(batch)
+            timings.append(time.perf_counter() - start)
+        cost[probability] = 1000 * min(timings)
+    return cost
 
 
 def format_section(results: list[dict], command: str, commit: str) -> str:
@@ -133,7 +167,11 @@ def format_section(results: list[dict], command: str, commit: str) -> str:
             ratio = f"{r['cer_nospace'] / reference:.2f}" if reference else "-"
             cells = [f"{run['probability']:g}", str(run["seed"]), r["decoder"], f"{r['cer_nospace']:.3f}", ratio]
             table.append([*cells, f"{r['identical']}/{r['n']}", str(r["broken"])])
-    return "\n".join([*lines, "", markdown_table(header, table), ""])
+    cost = ", ".join(f"P {p:g}: {ms:.0f} ms" for p, ms in front_end_cost().items())
+    cost = (
+        f"What it costs: the log-mels of a batch of 16 clips of 0.5-12 s, large-v3's 128 mels, one CPU thread: {cost}."
+    )
+    return "\n".join([*lines, "", markdown_table(header, table), "", cost, ""])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
