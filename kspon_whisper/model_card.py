@@ -93,6 +93,7 @@ def write_model_card(
         ],
         scoring_normalization=scoring_normalization,
         lora_sentence=lora_sentence(hyperparameters),
+        feature_padding=f"{share:.0%}" if (share := hyperparameters.get("feature_padding_probability")) else None,
         ct2_folders=sorted(p.name for p in output_dir.glob("ct2-*") if (p / "model.bin").is_file()),
         hyperparameters=sorted((k, v) for k, v in hyperparameters.items() if k not in NOT_HYPERPARAMETERS),
         versions=[(name, importlib.metadata.version(name)) for name in FRAMEWORKS],  # all are requirements

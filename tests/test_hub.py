@@ -607,3 +607,10 @@ def test_card_says_how_lora_weights_were_made(tmp_path):
     text = _write_card(tmp_path, hyperparameters=hyperparameters).read_text(encoding="utf-8")
     assert "Fine-tuned with LoRA (rank 16, alpha 32) on the attention projections" in text
     assert "LoRA" not in _write_card(tmp_path, hyperparameters={"lora_rank": 0}).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("share", [0.5, 0.0])
+def test_card_says_the_model_reads_both_front_ends(tmp_path, share):
+    hyperparameters = {"learning_rate": 1e-5, "feature_padding_probability": share}
+    text = _write_card(tmp_path, hyperparameters=hyperparameters).read_text(encoding="utf-8")
+    assert ("50% of the training examples were given the second form" in text) == bool(share)
