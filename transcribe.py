@@ -1,19 +1,21 @@
 """Transcribe Korean audio files of any length with a fine-tuned Whisper, as text, JSON, SRT or VTT.
 
-    python transcribe.py --model runs/ko-large-v3 clip1.wav clip2.flac KsponSpeech_000001.pcm   # path<TAB>text
-    python transcribe.py --model me/whisper-large-v3-ko --format srt --output_dir subs lecture.flac
-    python transcribe.py --model runs/ko-large-v3 --format json --num_beams 5 *.wav > transcripts.jsonl
+    python transcribe.py --model runs/ko-large-v3 clip1.wav memo.m4a KsponSpeech_000001.pcm   # path<TAB>text
+    python transcribe.py --model me/whisper-large-v3-ko --format srt --output_dir subs lecture.mp4
+    python transcribe.py --model runs/ko-large-v3 --format json --num_beams 5 *.mp3 > transcripts.jsonl
 
-`.wav`/`.flac` (any sample rate, any channel count) are resampled to 16 kHz mono, block by block; `.pcm` is read as
-KsponSpeech's headerless 16 kHz signed 16-bit little-endian mono. Files are decoded together while they hold at most
---batch_size x 30 s of audio. Clips of 30 s or less are decoded exactly as the trainer evaluates them; longer audio
-goes through Whisper's long-form decoding (timestamps, temperature fallback), which returns timed segments
-(`kspon_whisper.inference`).
+Any audio or video file FFmpeg reads (mp3, m4a/aac, ogg/opus, webm, mp4/mkv/mov, wav, flac, ...; any sample rate and
+channel count; of a video, its sound) is mixed down and resampled to 16 kHz mono, block by block (`.wav`/`.flac`
+through libsndfile, the rest through PyAV); `.pcm` is read as KsponSpeech's headerless 16 kHz signed 16-bit
+little-endian mono. Files are decoded together while they hold at most --batch_size x 30 s of audio. Clips of 30 s
+or less are decoded exactly as the trainer evaluates them; longer audio goes through Whisper's long-form decoding
+(timestamps, temperature fallback), which returns timed segments (`kspon_whisper.inference`).
 
 Output: `text` prints `path<TAB>text` per file and `json` one {"path", "text", "segments": [{"start", "end",
 "text"}]} object per line, both on stdout; `srt` and `vtt` write a subtitle file per input, next to it
 (`talk.wav` -> `talk.srt`). With `--output_dir D` every format writes one file per input instead: D/talk.txt,
-.json, .srt or .vtt. A file that cannot be read is reported on stderr and the others go on; the exit code is then 1.
+.json, .srt or .vtt. A file that cannot be read (missing, empty, not decodable, a video without sound) is reported
+on stderr with the reason, and the others go on; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def _decode(batch: list[tuple[Path, np.ndarray | str]], transcriber: Transcriber
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("files", nargs="+", type=Path, help=".wav, .flac or KsponSpeech .pcm files")
+    parser.add_argument("files", nargs="+", type=Path, help="audio or video files, or KsponSpeech .pcm")
     parser.add_argument("--model", required=True, help="output_dir of train_accelerate.py, or a Hub model id")
     parser.add_argument("--format", default="text", choices=FORMATS, help="what to write per file (see above)")
     parser.add_argument("--output_dir", type=Path, help="write one file per input here instead (see above)")
