@@ -1,11 +1,13 @@
 """Publishing a finished run on the Hugging Face Hub: check the token before training, push once after it.
 
-    check_hub_access(cfg.hub_model_id)         # at start-up, so a bad token fails before hours of training
+    check_hub_access(cfg.hub_model_id)         # at start-up, so a missing or bad token fails before hours of training
     ...                                        # train, save, evaluate, write the card (kspon_whisper.model_card)
     push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)
 
 `--push_only` runs the last call alone on an existing output_dir. The token is never an argument here, so it cannot
-end up in a log line, an error or a file: huggingface_hub reads `HF_TOKEN`, or the `hf auth login` cache.
+end up in a log line, an error or a file: huggingface_hub reads `HF_TOKEN`, or the `hf auth login` cache. Only public
+huggingface_hub API is used, and whether the token may write is the Hub's to say: a read-only token passes the start-up
+check, is refused at the push, and the refusal says which repo and which token to use.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
-from huggingface_hub.utils import _http, filter_repo_objects, validate_repo_id
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
+
+try:  # the HTTP client huggingface_hub raises from: httpx2 (exported as utils.httpx) from 2.0, httpx in 1.x
+    from huggingface_hub.utils import httpx
+except ImportError:
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +34,10 @@ LOGIN_HELP = (
     "https://huggingface.co/settings/tokens"
 )
 REPUSH_COMMAND = "python train_accelerate.py --push_only --output_dir {output_dir} --hub_model_id {repo_id}"
+
+# Worth another try: the Hub busy or down, or the connection lost on the way. Anything else will fail the same way.
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 # Training state and scratch files stay local; weights, the card and what it links to (metrics, predictions, logs)
 # are pushed. A stray non-weight file this large is an artefact, not a log.
@@ -43,8 +54,8 @@ class HubPushError(RuntimeError):
 
 
 def check_hub_access(repo_id: str, api: HfApi | None = None) -> str:
-    """Fail now, not after training, if the token is missing, rejected or cannot write to `repo_id`; return the
-    user name. huggingface_hub reads its offline and implicit-token settings once, at import."""
+    """Fail now, not after training, if the token is missing or rejected, or `repo_id` is not in one of its owner's
+    namespaces; return the user name. huggingface_hub reads its offline and implicit-token settings once, at import."""
     for setting in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_IMPLICIT_TOKEN"):
         if getattr(constants, setting):
             raise HubAccessError(f"--push_to_hub needs {setting} unset in the environment before the run starts.")
@@ -69,18 +80,7 @@ def check_hub_access(repo_id: str, api: HfApi | None = None) -> str:
             f"The token belongs to {user['name']!r}, who cannot create repos under {namespace!r}. Use one of "
             f"{', '.join(namespaces)} (e.g. --hub_model_id {user['name']}/{name}). {LOGIN_HELP}"
         )
-    if not _can_write(user.get("auth", {}).get("accessToken", {}), repo_id):
-        raise HubAccessError(f"The token of {user['name']!r} cannot write to {repo_id}. {LOGIN_HELP}")
     return user["name"]
-
-
-def _can_write(token: dict, repo_id: str) -> bool:
-    """A write token, or a fine-grained one with `repo.write` on the namespace or on the repo itself."""
-    if token.get("role") != "fineGrained":
-        return token.get("role") != "read"
-    targets = {repo_id, repo_id.split("/")[0]}
-    scoped = token.get("fineGrained", {}).get("scoped", [])
-    return any(s["entity"]["name"] in targets and "repo.write" in s.get("permissions", []) for s in scoped)
 
 
 def files_to_push(output_dir: str | Path) -> list[str]:
@@ -113,7 +113,7 @@ def push_output_dir(
 
     One `create_commit` is atomic: the repo shows all of the run or none of it (`upload_folder` may split a large
     upload into several commits). huggingface_hub retries its uploads but posts the commit once, so transient
-    failures (its own list: 5xx, 429, timeouts, dropped connections) are retried here with exponential backoff.
+    failures (RETRY_STATUSES, RETRY_EXCEPTIONS) are retried here with exponential backoff.
     """
     output_dir = Path(output_dir)
     paths = files_to_push(output_dir)
@@ -133,7 +133,7 @@ def push_output_dir(
                 repo_id, operations, commit_message="Upload Whisper fine-tuned on KsponSpeech", repo_type="model"
             )
             return str(info.commit_url)
-        except (HfHubHTTPError, *_http._DEFAULT_RETRY_ON_EXCEPTIONS, OSError, ValueError) as err:
+        except (OSError, ValueError, httpx.HTTPError) as err:  # HfHubHTTPError is an OSError
             if not _is_transient(err) or attempt == max_attempts:
                 raise HubPushError(_failure_message(err, attempt, output_dir, repo_id)) from err
             delay = base_delay * 2 ** (attempt - 1)
@@ -143,14 +143,14 @@ def push_output_dir(
 
 
 def _is_transient(err: Exception) -> bool:
-    # huggingface_hub's own definition of transient, the one its uploads retry on
-    return _status(err) in _http._DEFAULT_RETRY_ON_STATUS_CODES or isinstance(err, _http._DEFAULT_RETRY_ON_EXCEPTIONS)
+    return _status(err) in RETRY_STATUSES or isinstance(err, RETRY_EXCEPTIONS)
 
 
 def _failure_message(err: Exception, attempts: int, output_dir: Path, repo_id: str) -> str:
+    refused = f"the Hub refused this token write access to {repo_id} (HTTP {_status(err)}): it needs a write token. "
     causes = {
-        401: f"the token was rejected (HTTP 401). {LOGIN_HELP}",
-        403: f"the token cannot write to {repo_id} (HTTP 403). {LOGIN_HELP}",
+        401: refused + LOGIN_HELP,
+        403: refused + LOGIN_HELP,
         404: f"{repo_id} was not found or is not visible to this token (HTTP 404); check --hub_model_id",
     }
     output_dir = output_dir.absolute()  # a command that works from any directory
@@ -163,7 +163,7 @@ def _failure_message(err: Exception, attempts: int, output_dir: Path, repo_id: s
 
 
 def _status(err: Exception) -> int | None:
-    return getattr(getattr(err, "response", None), "status_code", None)
+    return err.response.status_code if isinstance(err, HfHubHTTPError) else None
 
 
 def _describe(err: Exception) -> str:

@@ -109,12 +109,7 @@ def _commit_info() -> CommitInfo:
 def _mock_api() -> HfApi:
     api = create_autospec(HfApi, instance=True)
     api.create_commit.return_value = _commit_info()
-    api.whoami.return_value = {
-        "type": "user",
-        "name": "me",
-        "orgs": [{"name": "kspon-lab"}],
-        "auth": {"accessToken": {"role": "write"}},
-    }
+    api.whoami.return_value = {"type": "user", "name": "me", "orgs": [{"name": "kspon-lab"}]}
     return api
 
 
@@ -179,6 +174,7 @@ def test_push_does_not_retry_auth_or_missing_repo(output_dir, status):
     assert f"HTTP {status}" in message
     assert _repush_command(output_dir) in message
     if status != 404:
+        assert f"refused this token write access to {REPO_ID}" in message and "needs a write token" in message
         assert "hf auth login" in message and "HF_TOKEN" in message
 
 
@@ -207,6 +203,7 @@ def test_push_failure_names_an_absolute_output_dir(output_dir, monkeypatch):
     with pytest.raises(HubPushError) as raised:
         push_output_dir(output_dir.name, REPO_ID, api=api, sleep=pytest.fail)
     assert _repush_command(output_dir) in str(raised.value)  # copy-pastable from any directory
+    assert f"write access to {REPO_ID} (HTTP 403)" in str(raised.value)  # create_repo's refusal reads as the commit's
     api.create_commit.assert_not_called()
 
 
@@ -255,35 +252,6 @@ def test_check_hub_access_with_rejected_token_says_how_to_fix_it():
     assert "hf auth login" in str(raised.value)
 
 
-def _fine_grained(*scoped: tuple[str, list[str]]) -> dict:
-    entities = [{"entity": {"type": "user", "name": name}, "permissions": perms} for name, perms in scoped]
-    return {"role": "fineGrained", "fineGrained": {"global": ["discussion.write"], "scoped": entities}}
-
-
-@pytest.mark.parametrize(
-    "token",
-    [
-        {"role": "read"},
-        _fine_grained(("me", ["repo.content.read"])),  # a fine-grained token that can only read
-        _fine_grained(("kspon-lab", ["repo.write"])),  # write access, but to another namespace
-    ],
-    ids=["read", "fine-grained-read", "fine-grained-other-namespace"],
-)
-def test_check_hub_access_refuses_a_token_that_cannot_write(token):
-    api = _mock_api()
-    api.whoami.return_value = {"name": "me", "orgs": [{"name": "kspon-lab"}], "auth": {"accessToken": token}}
-    with pytest.raises(HubAccessError, match=f"cannot write to {REPO_ID}"):
-        check_hub_access(REPO_ID, api=api)
-
-
-@pytest.mark.parametrize("scope", ["me", REPO_ID])
-def test_check_hub_access_accepts_a_fine_grained_token_with_repo_write(scope):
-    api = _mock_api()
-    token = _fine_grained((scope, ["repo.content.read", "repo.write"]))
-    api.whoami.return_value = {"name": "me", "orgs": [], "auth": {"accessToken": token}}
-    assert check_hub_access(REPO_ID, api=api) == "me"
-
-
 @pytest.mark.parametrize("setting", ["HF_HUB_OFFLINE", "HF_HUB_DISABLE_IMPLICIT_TOKEN"])
 def test_check_hub_access_refuses_settings_that_break_the_push(monkeypatch, setting):
     monkeypatch.setattr(constants, setting, True)
@@ -299,9 +267,13 @@ def test_check_hub_access_refuses_settings_that_break_the_push(monkeypatch, sett
 class HubStub:
     """Just enough of the Hub API for whoami, create_repo and a one-commit upload of small ("regular") files."""
 
+    REFUSED = 403, {"error": "You don't have the rights to create a model under the namespace me"}
+
     def __init__(self) -> None:
         self.commit_failures = 0  # answer this many commit POSTs with 500 first; -1 for all of them
         self.whoami_status = 200
+        self.read_only = False  # a read token: whoami answers, creating a repo and committing are refused (403)
+        self.repo_exists = False
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.commits: list[dict[str, bytes]] = []
         self.commit_posts = 0
@@ -311,9 +283,13 @@ class HubStub:
         self.requests.append((method, path, headers))
         parts = path.split("?")[0].strip("/").split("/")
         if method == "GET" and parts == ["api", "whoami-v2"]:
-            user = {"type": "user", "name": "me", "orgs": [{"name": "kspon-lab"}]}
-            return self.whoami_status, {**user, "auth": {"accessToken": {"role": "write"}}}
+            token = {"role": "read" if self.read_only else "write"}
+            return self.whoami_status, {"type": "user", "name": "me", "orgs": [], "auth": {"accessToken": token}}
+        if method == "GET" and parts[:2] == ["api", "models"] and len(parts) == 4 and self.repo_exists:
+            return 200, {"id": f"{parts[2]}/{parts[3]}", "sha": OID, "private": False}
         if method == "POST" and parts == ["api", "repos", "create"]:
+            if self.read_only:
+                return self.REFUSED
             request = json.loads(body)
             return 200, {"url": f"{self.url}/{request['organization']}/{request['name']}"}
         if method == "POST" and parts == ["api", "validate-yaml"]:
@@ -327,6 +303,8 @@ class HubStub:
 
     def _commit(self, repo_id: str, body: bytes) -> tuple[int, object]:
         self.commit_posts += 1
+        if self.read_only:
+            return self.REFUSED
         if self.commit_failures < 0 or self.commit_posts <= self.commit_failures:
             return 500, {"error": "Internal Error - We're working hard to fix this as soon as possible!"}
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -435,6 +413,31 @@ def test_missing_token_through_the_real_client(hub_stub, monkeypatch):
     with pytest.raises(HubAccessError, match="none was found"):
         check_hub_access(REPO_ID)
     assert not hub_stub.requests
+
+
+@pytest.mark.parametrize("repo_exists", [False, True], ids=["new-repo", "existing-repo"])
+def test_read_only_token_is_refused_by_the_hub_once(hub_stub, output_dir, caplog, capsys, repo_exists):
+    hub_stub.read_only, hub_stub.repo_exists = True, repo_exists
+    assert check_hub_access(REPO_ID) == "me"  # whether a token may write is the Hub's to say, at the push
+
+    with pytest.raises(HubPushError) as raised:
+        push_output_dir(output_dir, REPO_ID, api=HfApi(endpoint=hub_stub.url), sleep=pytest.fail)
+
+    message = str(raised.value)
+    assert f"refused this token write access to {REPO_ID} (HTTP 403)" in message and "hf auth login" in message
+    assert _repush_command(output_dir) in message
+    # create_repo(exist_ok=True) looks the repo up after a 403 and goes on to the commit when it exists
+    assert hub_stub.commit_posts == repo_exists and not hub_stub.commits
+    _assert_token_never_leaked(caplog, capsys, output_dir, message)
+
+
+def test_unreachable_hub_is_retried_through_the_real_client(hub_stub, output_dir):
+    sleeps: list[float] = []
+    api = HfApi(endpoint="http://127.0.0.1:9")  # the discard port: nothing listens, the connection is refused
+    with pytest.raises(HubPushError, match="after 3 attempt") as raised:
+        push_output_dir(output_dir, REPO_ID, api=api, max_attempts=3, sleep=sleeps.append, base_delay=1.0)
+    assert sleeps == [1.0, 2.0]  # the client's own connection error is one we retry
+    assert "ConnectError" in str(raised.value)
 
 
 # --- model card ---------------------------------------------------------------------------------------------------
