@@ -179,11 +179,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--probabilities", type=float, nargs="+", default=[0.5], help="--feature_padding_probability")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "frontends", help="fine-tunes (reused)")
+    parser.add_argument("--measured_only", action="store_true", help="leave out the fine-tunes not already done")
     parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     clips, results = held_out_clips(), []
     for probability in args.probabilities:
         for seed in args.seeds:
+            if args.measured_only and not (args.runs / f"p{probability:g}-s{seed}" / "frontends.json").is_file():
+                continue
             start = time.perf_counter()
             rows = measure(fine_tune(probability, seed, args.runs), clips)
             results.append({"probability": probability, "seed": seed, "rows": rows})
