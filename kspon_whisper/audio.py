@@ -25,12 +25,13 @@ import av
 import numpy as np
 import soundfile
 import soxr
+import torch
 
 from kspon_dataset.corpus import SAMPLE_RATE, pcm_samples, pcm_to_wav
 
 SOUNDFILE_SUFFIXES = (".wav", ".flac")  # libsndfile's; .pcm is KsponSpeech's raw PCM; any other goes to FFmpeg
 DTYPES = ("float32", "int16")
-_INT16_SCALE = 32768.0  # int16 full scale: samples map to [-1, 1) as soundfile and librosa read them
+INT16_SCALE = 32768.0  # int16 full scale: samples map to [-1, 1) as soundfile and librosa read them
 # Everything before the samples in the WAV the loading script writes: "fmt " chunk of 16 kHz s16le mono, "data".
 _PLAIN_WAV_HEADER = pcm_to_wav(b"")[12:40]
 _PLAIN_WAV_HEADER_BYTES = 44
@@ -174,9 +175,27 @@ def _mono_16k(blocks: Iterable[np.ndarray], rate: int, frames: int) -> np.ndarra
 
 
 def to_dtype(samples: np.ndarray, dtype: str) -> np.ndarray:
-    """int16 or float32 samples as `dtype`: float32 in [-1, 1) is int16 / 32768, as soundfile reads PCM."""
+    """int16 or floating-point samples as `dtype` ("float32" or "int16"): float in [-1, 1) is int16 / 32768, as
+    soundfile reads PCM. The project's one int16 <-> float conversion (`LogMelSpectrogram` scales torch tensors by the
+    same INT16_SCALE)."""
     if samples.dtype == dtype:
         return samples
-    if dtype == "float32":  # from int16
-        return samples.astype(np.float32) / _INT16_SCALE
-    return np.clip(np.round(samples * _INT16_SCALE), -_INT16_SCALE, _INT16_SCALE - 1).astype(np.int16)
+    if samples.dtype != np.int16 and not np.issubdtype(samples.dtype, np.floating):
+        raise TypeError(f"audio dtype must be int16 or floating point, got {samples.dtype}; convert PCM to int16.")
+    if dtype == "float32":
+        return samples.astype(np.float32) / INT16_SCALE if samples.dtype == np.int16 else samples.astype(np.float32)
+    return np.clip(np.round(samples * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1).astype(np.int16)
+
+
+def pad_waveforms(arrays: list[np.ndarray], num_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips zero-padded (or cut) to `num_samples`, by default the longest, as one (batch, samples) tensor, and their
+    lengths. int16 stays int16 when every clip is int16 (half the bytes to move to the device); else float32."""
+    num_samples = max(len(audio) for audio in arrays) if num_samples is None else num_samples
+    dtype = "int16" if all(audio.dtype == np.int16 for audio in arrays) else "float32"
+    padded = np.zeros((len(arrays), num_samples), dtype=dtype)
+    lengths = np.zeros(len(arrays), dtype=np.int64)
+    for i, audio in enumerate(arrays):
+        clip = to_dtype(audio[:num_samples], dtype)
+        padded[i, : len(clip)] = clip
+        lengths[i] = len(clip)
+    return torch.from_numpy(padded), torch.from_numpy(lengths)

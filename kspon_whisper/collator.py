@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 
+from .audio import pad_waveforms, to_dtype
 from .log_mel import LogMelSpectrogram
 
 LABEL_PAD_ID = -100  # ignored by torch's cross-entropy; the pad id would be trained on as a real token
@@ -74,12 +75,13 @@ class WhisperCollator:
 
     def _collate_audio(self, arrays: list[np.ndarray], feature_padded: list[bool]) -> dict[str, torch.Tensor]:
         if self.audio_mode == "waveform":
-            batch = pad_waveforms(arrays, self.feature_extractor.n_samples)
+            audio, lengths = pad_waveforms(arrays, self.feature_extractor.n_samples)
+            batch = {"input_audio": audio, "audio_lengths": lengths}
             if any(feature_padded):
                 batch["feature_padded"] = torch.tensor(feature_padded)
             return batch
         features = self.feature_extractor(
-            [pcm_to_float32(audio) for audio in arrays],
+            [to_dtype(audio, "float32") for audio in arrays],
             sampling_rate=self.feature_extractor.sampling_rate,
             return_tensors="np",
         )["input_features"]
@@ -106,25 +108,3 @@ class WhisperCollator:
         bucketed = -(-longest // self.label_bucket) * self.label_bucket
         # Never pad past the decoder's positions: shifted-right labels of that length would index past them.
         return max(longest, min(bucketed, self.max_label_length))
-
-
-def pcm_to_float32(audio: np.ndarray) -> np.ndarray:
-    """Return mono audio as float32 in [-1, 1); int16 PCM is scaled by 1/32768 as soundfile and librosa do."""
-    if audio.dtype == np.int16:
-        return audio.astype(np.float32) / 32768.0
-    if np.issubdtype(audio.dtype, np.floating):
-        return audio.astype(np.float32, copy=False)
-    raise TypeError(f"audio dtype must be int16 or floating point, got {audio.dtype}; convert PCM to int16 first.")
-
-
-def pad_waveforms(arrays: list[np.ndarray], num_samples: int) -> dict[str, torch.Tensor]:
-    """Zero-pad or truncate each clip to `num_samples`; keep int16 when every clip is int16 (half the bytes)."""
-    all_int16 = all(audio.dtype == np.int16 for audio in arrays)
-    dtype = np.int16 if all_int16 else np.float32
-    padded = np.zeros((len(arrays), num_samples), dtype=dtype)
-    lengths = np.zeros(len(arrays), dtype=np.int64)
-    for i, audio in enumerate(arrays):
-        clip = audio[:num_samples] if all_int16 else pcm_to_float32(audio[:num_samples])
-        padded[i, : len(clip)] = clip
-        lengths[i] = len(clip)
-    return {"input_audio": torch.from_numpy(padded), "audio_lengths": torch.from_numpy(lengths)}

@@ -24,7 +24,7 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration, Whisper
 
 from kspon_dataset.corpus import SAMPLE_RATE
 
-from .audio import to_dtype
+from .audio import pad_waveforms
 from .log_mel import LogMelSpectrogram
 
 LANGUAGE, TASK = "ko", "transcribe"
@@ -238,12 +238,8 @@ class Transcriber:
         return results
 
     def _batch(self, audios: list[np.ndarray]) -> torch.Tensor:
-        """Waveforms zero-padded to the longest, on the device; int16 stays int16 (half the bytes to move)."""
-        dtype = "int16" if all(audio.dtype == np.int16 for audio in audios) else "float32"
-        batch = np.zeros((len(audios), max(len(audio) for audio in audios)), dtype=dtype)
-        for row, audio in zip(batch, audios, strict=True):
-            row[: len(audio)] = to_dtype(audio, dtype)
-        return torch.from_numpy(batch).to(self.device)
+        """Waveforms zero-padded to the longest, on the device."""
+        return pad_waveforms(audios)[0].to(self.device)
 
 
 def _segment(segment: dict, duration: float, processor: WhisperProcessor) -> Segment:

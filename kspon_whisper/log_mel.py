@@ -19,7 +19,8 @@ its examples the second form (`feature_padded`, `--feature_padding_probability`)
 import torch
 from transformers import WhisperFeatureExtractor
 
-_INT16_SCALE = 32768.0  # int16 PCM full scale, maps to [-1, 1) like soundfile/librosa do
+from .audio import INT16_SCALE
+
 _LOG_FLOOR = 1e-10  # Whisper clamps mel power here before log10
 _DYNAMIC_RANGE = 8.0  # log10 units (80 dB) kept below each example's peak
 CHUNK_FRAMES = 3000  # STFT frames computed at a time: one 30 s window, so a training batch is one chunk
@@ -113,7 +114,7 @@ class LogMelSpectrogram(torch.nn.Module):
 
 def _to_float32(audio: torch.Tensor) -> torch.Tensor:
     if audio.dtype == torch.int16:
-        return audio.float() / _INT16_SCALE
+        return audio.float() / INT16_SCALE
     if audio.is_floating_point():
         return audio.float()
     raise TypeError(f"audio dtype must be int16 or floating point, got {audio.dtype}; convert PCM to int16 first.")
