@@ -2,7 +2,8 @@
 
 Run under datasets 3.6 (script loading, `load_dataset("./kspon_dataset", ...)`) and under datasets 5.x
 (`load_kspon`, no script loading): `load` takes whichever path the installed release has, `prepare` always the
-documented call. Audio is compared as WAV bytes, so no test needs torchcodec/FFmpeg.
+documented call. Audio is compared as WAV bytes, so no test here needs torchcodec/FFmpeg; decoding through
+datasets, as users do, is tests/test_dataset_decoding.py.
 """
 
 import logging
