@@ -38,10 +38,9 @@ from kspon_whisper.inference import (
     default_mixed_precision,
     set_korean_transcription,
 )
-from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
+from kspon_whisper.metrics import METRICS, SCORING_NORMALIZATION, format_scores
 
 DEFAULT_SPLITS = ("eval_clean", "eval_other")
-SCORE_NAMES = {"cer": "CER", "wer": "WER", "swer": "sWER", "cer_nospace": "space-free CER"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -168,8 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _split_summary(name: str, metrics: dict, speed: float, loops: dict, kept_line: str | None) -> str:
-    scores = " | ".join(f"{key} {metrics[key]:.4f}" for key in SCORES)
-    lines = [f"eval {name} | {scores} | {metrics['num_scored']} utterances | {speed:.2f} utterances/s"]
+    lines = [f"eval {name} | {format_scores(metrics)} | {metrics['num_scored']} utterances | {speed:.2f} utterances/s"]
     if kept_line:
         lines.append(kept_line)
     lines.append(
@@ -183,10 +181,10 @@ def _split_summary(name: str, metrics: dict, speed: float, loops: dict, kept_lin
 
 def results_table(results: dict[str, dict]) -> str:
     """The Markdown table: error rates in percent per split, with the utterance and loop counts."""
-    header = ["Split", "Utterances", *(f"{SCORE_NAMES[key]} (%)" for key in SCORES), "Loops"]
+    header = ["Split", "Utterances", *(f"{metric.display_name} (%)" for metric in METRICS), "Loops"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, values in results.items():
-        cells = [name, str(values["num_scored"]), *(f"{100 * values[key]:.2f}" for key in SCORES)]
+        cells = [name, str(values["num_scored"]), *(f"{100 * values[metric.name]:.2f}" for metric in METRICS)]
         lines.append("| " + " | ".join([*cells, str(values["loops"]["num_loops"])]) + " |")
     return "\n".join(lines)
 

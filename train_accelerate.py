@@ -76,7 +76,7 @@ from kspon_whisper.export import QUANTIZATIONS, check_export_options, export_ct2
 from kspon_whisper.hub import check_hub_access, push_output_dir
 from kspon_whisper.inference import MAX_NEW_TOKENS, NUM_BEAMS, GenerationSettings, set_korean_transcription
 from kspon_whisper.lora import add_lora, merge_lora, parameter_line
-from kspon_whisper.metrics import SCORES, SCORING_NORMALIZATION
+from kspon_whisper.metrics import METRICS, SCORING_NORMALIZATION, format_scores
 from kspon_whisper.model_card import NOT_HYPERPARAMETERS, write_model_card
 from kspon_whisper.timestamps import timestamp_labels
 
@@ -805,11 +805,7 @@ class Trainer:
             max_samples=max_samples,
         )
         metrics = result.metrics
-        self.say(
-            f"eval {split} @ step {self.step} | cer {metrics['cer']:.4f} | wer {metrics['wer']:.4f} | "
-            f"swer {metrics['swer']:.4f} | space_free_cer {metrics['cer_nospace']:.4f} | "
-            f"{metrics['num_scored']} utterances"
-        )
+        self.say(f"eval {split} @ step {self.step} | {format_scores(metrics)} | {metrics['num_scored']} utterances")
         self.accelerator.log({f"{split}/{k}": v for k, v in metrics.items()}, step=self.step)
         if result.counts is not None:  # a whole pass: say what it kept
             self.say(result.kept_line)
@@ -875,7 +871,10 @@ class Trainer:
             hub_model_id=cfg.hub_model_id,
             base_model=cfg.model_name_or_path,
             # num_scored too: the card must know when eval_clean / eval_other were only partly scored
-            metrics={split: {k: m[k] for k in (*SCORES, "num_scored")} for split, m in results.items()},
+            metrics={
+                split: {metric.name: m[metric.name] for metric in METRICS} | {"num_scored": m["num_scored"]}
+                for split, m in results.items()
+            },
             hyperparameters=dataclasses.asdict(cfg),
             scoring_normalization=SCORING_NORMALIZATION,
             dataset_config=cfg.dataset_config,

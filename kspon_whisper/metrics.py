@@ -17,12 +17,11 @@ and keeps case and "%": on KsponSpeech references the two agree except on lines 
 few in a thousand). ESPnet's scoring also keeps the apostrophe; here it goes with the rest of the punctuation, since
 in KsponSpeech it only appears in the odd English contraction while Whisper writes it as a Korean quotation mark.
 
-Metrics (corpus-level: edits summed over the split, over reference units summed over the split):
-- `cer`: character edits, spaces counted as characters (ESPnet's CER on `<space>`-separated characters).
-- `wer`: word edits, words split at spaces. Korean spacing (띄어쓰기) is free enough that this mostly counts spacing.
-- `swer`: space-normalised WER, the KsponSpeech paper's word metric, as ESPnet's `get_space_normalized_hyps.py`
-  defines it (see `space_normalized_hypothesis`).
-- `cer_nospace`: CER after deleting every space; spacing is not scored at all.
+Metrics: `METRICS`, the one registry of them. Each entry is a key (in `score`'s output, metrics.json, the log lines
+and the card's model-index), a display name (tables, the card), how it is computed and the sentence the card explains
+it with; every consumer iterates it, so a metric added there reaches all of them. All are corpus-level: edits summed
+over the split, over reference units summed over the split. `cer_nospace` keeps its name everywhere, the log lines
+included: it is the key stored in every metrics.json and model-index already written.
 
 The `evaluate` package is not a dependency: `evaluate.load("cer")` fetches the metric script from the Hub at run
 time, which a training run must not depend on, and its CER and WER are jiwer's, which this module calls directly.
@@ -31,6 +30,8 @@ time, which a training run must not depend on, and its CER and WER are jiwer's, 
 import math
 import re
 import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import jiwer
 
@@ -42,7 +43,6 @@ SCORING_NORMALIZATION = (
     "CER deletes every space."
 )
 
-SCORES = ("cer", "wer", "swer", "cer_nospace")  # the error rates `score` returns, in the order tables show them
 _KEPT_CATEGORY_PREFIXES = ("L", "N", "M")  # letters, numbers, combining marks
 # Whisper's runaway decodes repeat a unit of a syllable to a few words over and over ("감사합니다" x 40). Five runs
 # of the same 1-10 characters, spaces ignored: speech does say "네 네 네 네" (four), rarely five.
@@ -121,6 +121,75 @@ def loop_reason(reference: str, hypothesis: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One error rate: what `score` returns under `name` and every table and log line shows."""
+
+    name: str  # the key: score's output, metrics.json, log lines, the card's model-index type
+    display_name: str  # table headers and the card
+    # the rate over normalised (reference, hypothesis) pairs whose references are not empty, as a fraction
+    compute: Callable[[list[str], list[str]], float]
+    description: str  # the card's explanation, Markdown
+
+
+def _cer(refs: list[str], hyps: list[str]) -> float:
+    return jiwer.cer(reference=refs, hypothesis=hyps)
+
+
+def _wer(refs: list[str], hyps: list[str]) -> float:
+    return jiwer.wer(reference=refs, hypothesis=hyps)
+
+
+def _swer(refs: list[str], hyps: list[str]) -> float:
+    respaced = [space_normalized_hypothesis(ref, hyp) for ref, hyp in zip(refs, hyps, strict=True)]
+    return jiwer.wer(reference=refs, hypothesis=respaced)
+
+
+def _cer_nospace(refs: list[str], hyps: list[str]) -> float:
+    return jiwer.cer(reference=_without_spaces(refs), hypothesis=_without_spaces(hyps))
+
+
+def _without_spaces(texts: list[str]) -> list[str]:
+    return [text.replace(" ", "") for text in texts]
+
+
+METRICS = (  # in the order tables and log lines show them
+    Metric(
+        "cer",
+        "CER",
+        _cer,
+        "character edits (substitutions + deletions + insertions) over reference characters, spaces included "
+        "(ESPnet's CER on `<space>`-separated characters).",
+    ),
+    Metric(
+        "wer",
+        "WER",
+        _wer,
+        "word edits over reference words, words split at spaces. Korean spacing (띄어쓰기) is inconsistent even in "
+        "human transcripts, so WER mostly counts spacing and is pessimistic.",
+    ),
+    Metric(
+        "swer",
+        "sWER",
+        _swer,
+        "space-normalised WER, the KsponSpeech paper's word metric: wherever the hypothesis matches the reference "
+        "once spaces are ignored, it takes the reference's spacing (ESPnet's `get_space_normalized_hyps.py`), "
+        "then WER is scored.",
+    ),
+    Metric(
+        "cer_nospace",
+        "space-free CER",
+        _cer_nospace,
+        "CER after deleting every space from reference and hypothesis, so spacing is not scored at all.",
+    ),
+)
+
+
+def format_scores(values: dict[str, float]) -> str:
+    """`cer 0.1234 | wer 0.2345 | ...` in registry order: the scores part of every `eval ...` log line."""
+    return " | ".join(f"{metric.name} {values[metric.name]:.4f}" for metric in METRICS)
+
+
 def score(references: list[str], hypotheses: list[str]) -> dict[str, float]:
     """Corpus-level error rates as fractions (0.123 = 12.3 %), plus how many pairs were scored.
 
@@ -142,18 +211,7 @@ def score(references: list[str], hypotheses: list[str]) -> dict[str, float]:
         "num_empty_refs": len(pairs) - len(scored),
     }
     if not scored:
-        return {"cer": math.nan, "wer": math.nan, "swer": math.nan, "cer_nospace": math.nan, **counts}
+        return {metric.name: math.nan for metric in METRICS} | counts
     refs = [ref for ref, _ in scored]
     hyps = [hyp for _, hyp in scored]
-    respaced = [space_normalized_hypothesis(ref, hyp) for ref, hyp in scored]
-    return {
-        "cer": jiwer.cer(reference=refs, hypothesis=hyps),
-        "wer": jiwer.wer(reference=refs, hypothesis=hyps),
-        "swer": jiwer.wer(reference=refs, hypothesis=respaced),
-        "cer_nospace": jiwer.cer(reference=_without_spaces(refs), hypothesis=_without_spaces(hyps)),
-        **counts,
-    }
-
-
-def _without_spaces(texts: list[str]) -> list[str]:
-    return [text.replace(" ", "") for text in texts]
+    return {metric.name: metric.compute(refs, hyps) for metric in METRICS} | counts

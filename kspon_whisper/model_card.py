@@ -17,12 +17,11 @@ from kspon_dataset.kspon_dataset import _CITATION as KSPON_CITATION
 from kspon_dataset.normalize import MODES as DATASET_CONFIGS
 
 from .lora import card_sentence as lora_sentence
+from .metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
-# `kspon_whisper.metrics.score` keys and their display names; values are fractions, the card shows percentages.
-METRICS = {"cer": "CER", "wer": "WER", "swer": "sWER", "cer_nospace": "Space-free CER"}
 OFFICIAL_EVAL_SPLITS = {"eval_clean": 3000, "eval_other": 3000}  # the official evaluation sets and their sizes
 FRAMEWORKS = ("transformers", "torch", "accelerate", "datasets", "huggingface_hub")
 # Not hyperparameters: where the run read and wrote, and how it published. Local paths do not belong in a card.
@@ -50,13 +49,14 @@ def write_model_card(
     if split_scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split_scheme is {split_scheme!r}; expected one of {', '.join(SPLIT_SCHEMES)}")
     percents = {split: _percents(split, values) for split, values in metrics.items()}
+    display_names = {metric.name: metric.display_name for metric in METRICS}
     output_dir = Path(output_dir)
     model_name = hub_model_id.split("/")[-1] if hub_model_id else output_dir.resolve().name
     local_base = Path(base_model).exists()  # a local folder is no Hub id: no link, and no base_model metadata
     results = [
         # dataset_type names the builder in kspon_dataset/: the corpus is on AI Hub, not on the Hub
-        EvalResult("automatic-speech-recognition", "kspon_speech", "KsponSpeech", key, value, metric_name=METRICS[key],
-                   dataset_config=dataset_config, dataset_split=split)
+        EvalResult("automatic-speech-recognition", "kspon_speech", "KsponSpeech", key, value,
+                   metric_name=display_names[key], dataset_config=dataset_config, dataset_split=split)
         for split, values in percents.items()
         for key, value in values.items()
     ]  # fmt: skip
@@ -82,7 +82,7 @@ def write_model_card(
         corpus_homepage=HOMEPAGE,
         dataset_config=dataset_config,
         split_scheme=split_scheme,
-        metric_names=METRICS,
+        metrics=METRICS,
         results=percents,
         official=[f"`{split}`" for split in OFFICIAL_EVAL_SPLITS if split in percents],
         held_out=[f"`{split}`" for split in ("validation", "test") if split in percents],
@@ -107,12 +107,13 @@ def write_model_card(
 
 def _percents(split: str, values: dict[str, float]) -> dict[str, float]:
     """The split's metrics in percent, rounded to 2 decimals, after checking each is a plausible fraction."""
+    known = [metric.name for metric in METRICS]
     percents = {}
     for key, value in values.items():
         if key.startswith("num_"):
             continue
-        if key not in METRICS:
-            raise ValueError(f"metrics[{split!r}] has unknown metric {key!r}; expected {', '.join(METRICS)}")
+        if key not in known:
+            raise ValueError(f"metrics[{split!r}] has unknown metric {key!r}; expected {', '.join(known)}")
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise ValueError(
                 f"metrics[{split!r}][{key!r}] is {value!r}; expected a finite, non-negative fraction such as 0.0785. "

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from eval_whisper import parse_args
-from kspon_whisper.metrics import SCORES, loop_reason, score
+from kspon_whisper.metrics import METRICS, loop_reason, score
 from tests.processes import TWO_CPU_ENV, run_ok, two_cpu_processes
 
 REPO = Path(__file__).resolve().parent.parent
+SCORES = [metric.name for metric in METRICS]
 SAMPLE = REPO / "kspon_dataset" / "sample"
 SPLITS = ("eval_clean", "eval_other")
 TIMEOUT_S = 300

@@ -31,6 +31,7 @@ from kspon_whisper.hub import (
     files_to_push,
     push_output_dir,
 )
+from kspon_whisper.metrics import METRICS as REGISTRY
 from kspon_whisper.model_card import write_model_card
 
 FAKE_TOKEN = "hf_test_secret_DO_NOT_LEAK_7f3a9c"
@@ -455,7 +456,7 @@ METRICS = {
     "eval_clean": {"cer": 0.0911, "wer": 0.2547, "swer": 0.1533, "cer_nospace": 0.0733, "num_samples": 3000},
     "eval_other": {"cer": 0.1002, "wer": 0.2894, "swer": 0.1702, "cer_nospace": 0.0821, "num_samples": 3000},
 }
-METRIC_KEYS = ("cer", "wer", "swer", "cer_nospace")
+METRIC_KEYS = tuple(metric.name for metric in REGISTRY)
 
 
 def _write_card(output_dir: Path, metrics=METRICS, **overrides) -> Path:

@@ -1,12 +1,25 @@
-"""Scoring: normalisation, hand-counted CER/WER/sWER on Korean, space-free CER, empty references, loop detection."""
+"""Scoring: normalisation, hand-counted CER/WER/sWER on Korean, space-free CER, empty references, loop detection,
+and the one registry of metrics that the log lines, eval_whisper.py and the card read."""
 
 import math
 import random
+import sys
 import unicodedata
 
 import pytest
+from huggingface_hub import ModelCard
 
-from kspon_whisper.metrics import loop_reason, normalize_for_scoring, score, space_normalized_hypothesis
+import eval_whisper
+from kspon_whisper import metrics
+from kspon_whisper.metrics import (
+    Metric,
+    format_scores,
+    loop_reason,
+    normalize_for_scoring,
+    score,
+    space_normalized_hypothesis,
+)
+from kspon_whisper.model_card import write_model_card
 
 
 @pytest.mark.parametrize(
@@ -236,3 +249,50 @@ def _chunks(n: int, rng: random.Random):
 )
 def test_loop_reason(reference, hypothesis, flagged):
     assert (loop_reason(reference, hypothesis) is not None) == flagged
+
+
+LENGTH_RATIO = Metric(
+    "length_ratio",
+    "Length ratio",
+    lambda refs, hyps: sum(map(len, hyps)) / sum(map(len, refs)),
+    "hypothesis characters over reference characters, a metric that only this test adds.",
+)
+
+
+@pytest.fixture
+def registry_with_an_extra_metric(monkeypatch) -> Metric:
+    """LENGTH_RATIO added to `metrics.METRICS` alone, as seen by every loaded module that imported the registry."""
+    registry = metrics.METRICS
+    for module in list(sys.modules.values()):
+        if getattr(module, "__dict__", {}).get("METRICS") is registry:
+            monkeypatch.setattr(module, "METRICS", (*registry, LENGTH_RATIO))
+    return LENGTH_RATIO
+
+
+def test_a_metric_in_the_registry_alone_reaches_the_log_lines_eval_whisper_and_the_card(
+    registry_with_an_extra_metric, tmp_path
+):
+    extra = registry_with_an_extra_metric
+    values = score(["안녕 하세요", "감사 합니다"], ["안녕하세요", "감사합니다 네요"])
+    assert values[extra.name] == pytest.approx(13 / 12)  # in score(), so in metrics.json of both scripts
+    # The scores of the trainer's `eval <split> @ step N | ...` line and eval_whisper.py's `eval <split> | ...`.
+    assert format_scores(values).endswith(f"| cer_nospace {values['cer_nospace']:.4f} | length_ratio 1.0833")
+    loops = {"num_loops": 0, "num_hypotheses": 2, "examples": []}
+    assert "| length_ratio 1.0833 |" in eval_whisper._split_summary("eval_clean", values, 1.0, loops, None)
+    table = eval_whisper.results_table({"eval_clean": values | {"loops": loops}}).splitlines()
+    assert table[0].endswith("| space-free CER (%) | Length ratio (%) | Loops |")
+    assert table[2].endswith("| 108.33 | 0 |")
+    card = write_model_card(
+        tmp_path,
+        hub_model_id=None,
+        base_model="openai/whisper-small",
+        metrics={"eval_clean": values},
+        hyperparameters={},
+        scoring_normalization="ESPnet's",
+    )
+    text = card.read_text(encoding="utf-8")
+    assert "| Split | CER (%) | WER (%) | sWER (%) | space-free CER (%) | Length ratio (%) |" in text
+    assert f"- **Length ratio** (`length_ratio`): {extra.description}" in text
+    results = {r.metric_type: r for r in ModelCard.load(card).data.eval_results}
+    assert list(results) == ["cer", "wer", "swer", "cer_nospace", "length_ratio"]
+    assert (results["length_ratio"].metric_name, results["length_ratio"].metric_value) == ("Length ratio", 108.33)
