@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,6 @@ from kspon_whisper.inference import (
     Transcript,
     load_model,
 )
-
-FORMATS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
 
 
 def timestamp(seconds: float, decimal: str) -> str:
@@ -70,12 +69,20 @@ def to_json(path: Path, transcript: Transcript) -> str:
     return json.dumps({"path": str(path), "text": transcript.text, "segments": segments}, ensure_ascii=False)
 
 
-def render(fmt: str, path: Path, transcript: Transcript) -> str:
-    if fmt == "srt":
-        return to_srt(transcript.segments)
-    if fmt == "vtt":
-        return to_vtt(transcript.segments)
-    return to_json(path, transcript) + "\n" if fmt == "json" else transcript.text + "\n"
+@dataclass(frozen=True)
+class OutputFormat:
+    suffix: str  # of the file written per input
+    render: Callable[[Path, Transcript], str]  # that file's content
+    # the line printed per input when no --output_dir is given; None: the format writes a file beside the input
+    stdout_line: Callable[[Path, Transcript], str] | None
+
+
+FORMATS = {  # --format's choices
+    "text": OutputFormat(".txt", lambda path, t: t.text + "\n", lambda path, t: f"{path}\t{t.text}"),
+    "json": OutputFormat(".json", lambda path, t: to_json(path, t) + "\n", to_json),
+    "srt": OutputFormat(".srt", lambda path, t: to_srt(t.segments), None),
+    "vtt": OutputFormat(".vtt", lambda path, t: to_vtt(t.segments), None),
+}
 
 
 def transcribe(
@@ -163,11 +170,11 @@ def threshold(value: str) -> float | None:
 
 
 def writes_files(args: argparse.Namespace) -> bool:
-    return args.output_dir is not None or args.format in ("srt", "vtt")
+    return args.output_dir is not None or FORMATS[args.format].stdout_line is None
 
 
 def output_path(path: Path, args: argparse.Namespace) -> Path:
-    beside = path.with_suffix(FORMATS[args.format])
+    beside = path.with_suffix(FORMATS[args.format].suffix)
     return beside if args.output_dir is None else args.output_dir / beside.name
 
 
@@ -181,18 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     transcriber = Transcriber(model, processor, args.settings)
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
+    output_format = FORMATS[args.format]
     unreadable = 0
     for path, result in transcribe(args.files, transcriber, args.batch_size):
         if isinstance(result, str):
             unreadable += 1
             print(f"transcribe.py: cannot read {path}: {result}", file=sys.stderr, flush=True)
         elif writes_files(args):
-            output_path(path, args).write_text(render(args.format, path, result), encoding="utf-8")
+            output_path(path, args).write_text(output_format.render(path, result), encoding="utf-8")
             print(f"{path} -> {output_path(path, args)}", file=sys.stderr, flush=True)
-        elif args.format == "json":
-            print(to_json(path, result), flush=True)
         else:
-            print(f"{path}\t{result.text}", flush=True)
+            print(output_format.stdout_line(path, result), flush=True)
     if unreadable:
         print(f"transcribe.py: {unreadable} of {len(args.files)} files could not be read", file=sys.stderr)
     return 1 if unreadable else 0

@@ -75,6 +75,40 @@ def test_files_are_batched_by_seconds_of_audio_so_a_long_file_goes_alone(tmp_pat
     assert [r.text for _, r in results if not isinstance(r, str)] == ["320000", "480000", "9600000", "80000", "80000"]
 
 
+class FixedTranscriber(RecordingTranscriber):
+    """Gives every clip TRANSCRIPT: the output formats on their own, without a model."""
+
+    def __init__(self, *args):
+        super().__init__()
+
+    def __call__(self, audios):
+        return [TRANSCRIPT for _ in audios]
+
+
+def test_every_format_writes_its_file_and_text_and_json_print_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(transcribe, "load_model", lambda name, device: (None, None))
+    monkeypatch.setattr(transcribe, "Transcriber", FixedTranscriber)
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, np.zeros(16_000, dtype=np.int16), 16_000)
+    json_line = transcribe.to_json(wav, TRANSCRIPT)
+    files = {
+        "text": ("talk.txt", "안녕하세요 반갑습니다\n"),
+        "json": ("talk.json", json_line + "\n"),
+        "srt": ("talk.srt", transcribe.to_srt(SEGMENTS)),
+        "vtt": ("talk.vtt", transcribe.to_vtt(SEGMENTS)),
+    }
+    printed = {"text": f"{wav}\t안녕하세요 반갑습니다\n", "json": json_line + "\n"}  # the others: a file beside
+    for fmt, (name, content) in files.items():
+        out = tmp_path / fmt
+        assert transcribe.main(["--model", "stub", "--format", fmt, "--output_dir", str(out), str(wav)]) == 0
+        assert [(p.name, p.read_text()) for p in out.iterdir()] == [(name, content)]
+        assert capsys.readouterr().out == ""
+        assert transcribe.main(["--model", "stub", "--format", fmt, str(wav)]) == 0
+        assert capsys.readouterr().out == printed.get(fmt, "")
+        assert (tmp_path / name).is_file() == (fmt not in printed)
+    assert list(transcribe.FORMATS) == list(files)
+
+
 def test_cli_text_prints_one_line_per_file_and_reads_pcm_like_wav(offline_whisper_dir, tmp_path, capsys):
     audio, _ = sf.read(CLIP, dtype="int16")
     (tmp_path / "clip.pcm").write_bytes(audio.astype("<i2").tobytes() + b"\x07")
