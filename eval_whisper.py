@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from kspon_dataset.corpus import SPLIT_SCHEMES
 from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
@@ -35,8 +34,9 @@ from kspon_whisper.inference import (
     MAX_NEW_TOKENS,
     NUM_BEAMS,
     GenerationSettings,
+    ModelNotFoundError,
     default_mixed_precision,
-    set_korean_transcription,
+    load_model,
 )
 from kspon_whisper.metrics import METRICS, SCORING_NORMALIZATION, format_scores
 
@@ -87,12 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
     # bf16 autocast on a GPU, as the trainer runs (accelerate_config.yaml); --mixed_precision overrides the launcher.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     accelerator = Accelerator(mixed_precision=args.mixed_precision or default_mixed_precision(device))
-    processor = WhisperProcessor.from_pretrained(args.model)
-    model = WhisperForConditionalGeneration.from_pretrained(args.model, attn_implementation=args.attn_implementation)
-    set_korean_transcription(model, processor)
+    try:
+        model, processor = load_model(args.model, accelerator.device, attn_implementation=args.attn_implementation)
+    except ModelNotFoundError as err:
+        sys.exit(f"eval_whisper.py: {err}")
     settings = GenerationSettings(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     settings.generate_kwargs(model.config, long_form=False)  # a budget that does not fit fails now
-    model.to(accelerator.device)
     with accelerator.main_process_first():  # rank 0 indexes the archives first; the others map its cache
         splits = load_splits(args.data_dir, config=args.dataset_config, split_scheme=args.split_scheme, streaming=True)
     missing = [split for split in args.splits if split not in splits]

@@ -135,12 +135,15 @@ class ModelNotFoundError(ValueError):
 
 
 def load_model(
-    name_or_path: str, device: torch.device | str
+    name_or_path: str, device: torch.device | str, attn_implementation: str | None = None
 ) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
-    """A Whisper checkpoint (folder or Hub id) with fp32 weights on `device`, in eval mode, set to Korean."""
+    """A Whisper checkpoint (folder or Hub id) with fp32 weights on `device`, in eval mode, set to Korean: the one
+    loader of `transcribe.py` and `eval_whisper.py`. `attn_implementation` None is transformers' default (sdpa)."""
     try:
         processor = WhisperProcessor.from_pretrained(name_or_path)
-        model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
+        model = WhisperForConditionalGeneration.from_pretrained(
+            name_or_path, dtype=torch.float32, attn_implementation=attn_implementation
+        )
     except (OSError, HFValidationError) as err:
         raise ModelNotFoundError(
             f"no model at {name_or_path}: it is neither a folder holding a Whisper checkpoint and its processor (the "
