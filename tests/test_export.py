@@ -45,8 +45,9 @@ THREADS = 2
 # ctranslate2 on Transformers' log-mel (one clip differs: "아, 김치아, 짜증나" -> "아, 김차차 준하"), 0 for
 # faster-whisper.
 # The base model is unsure of this robotic voice, so a small change flips tokens; int8 kernels differ by CPU (AVX2,
-# AVX-512, VNNI), hence the margin. A broken quantization scores near 1.
-INT8_MAX_CER_VS_HF = 0.25
+# AVX-512, VNNI), hence the margin: on a 2-core AMD EPYC the same code (77f9820 and after) measures 0.27 for
+# faster-whisper ("아마스.org" for "아맙다, 이거"). A broken quantization scores near 1.
+INT8_MAX_CER_VS_HF = 0.4
 
 
 def has_hangul(text: str) -> bool:
