@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from kspon_dataset.corpus import SPLIT_SCHEMES
 from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
-from kspon_whisper.data import ModelInputs, load_splits, make_dataloader, speech_batcher
+from kspon_whisper.data import DeviceInputs, load_splits, make_dataloader, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, loop_report, write_predictions
 from kspon_whisper.inference import (
     MAX_NEW_TOKENS,
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
             "eval_clean and eval_other need KsponSpeech_eval.zip; validation and test need KsponSpeech_01..05.zip."
         )
     batcher = speech_batcher(processor, model.config, log_mel_on_device=True)
-    model_inputs = ModelInputs(processor, accelerator.device)
+    device_inputs = DeviceInputs(processor, accelerator.device)
     output_dir = Path(args.output_dir)
 
     def say(message: str) -> None:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             splits[name],
             loader,
             processor,
-            model_inputs,
+            device_inputs,
             settings=settings,
             max_samples=args.max_samples,
         )

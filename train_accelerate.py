@@ -28,19 +28,17 @@ import dataclasses
 import datetime
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import math
-import random
 import sys
 import time
 import weakref
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, set_seed
@@ -49,16 +47,19 @@ from tqdm.auto import tqdm
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
 
 from kspon_whisper.checkpoints import (
+    LoopState,
+    capture_rng,
     check_full_model,
     load_loop_state,
-    on_every_rank,
+    on_rank_zero,
     resolve_checkpoint,
+    restore_rng,
     save_checkpoint,
     save_final_model,
 )
 from kspon_whisper.config import TrainConfig, check_splits, parse_options
 from kspon_whisper.data import (
-    ModelInputs,
+    DeviceInputs,
     PassCounter,
     batches_per_pass,
     load_splits,
@@ -116,13 +117,13 @@ def training_step(
     scheduler,
     window: list[tuple[dict, float]],
     max_grad_norm: float,
-    model_inputs: Callable[[dict], dict] = dict,
+    device_inputs: Callable[[dict], dict] = dict,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One optimizer step on a window of (batch, weight) micro-batches; returns (loss, grad_norm, stepped).
 
     The objective is the summed token loss of the window on every rank over the number of those tokens, so that
     4 x 2 accumulation is the batch of 8 even when label lengths differ (the model's loss is a per-micro-batch
-    mean). `weight` is 0 for the filler batch of a rank whose data ran out before the others' (`ranked_batches`).
+    mean). `weight` is 0 for the filler batch of a rank whose data ran out first (`batches_until_all_ranks_done`).
     The returned loss, averaged over ranks, is the window's mean token loss.
 
     Not `accelerator.accumulate`: it counts micro-batches itself and knows epoch ends only from a prepared loader
@@ -137,7 +138,7 @@ def training_step(
         # Gradients are all-reduced once, in the window's last backward.
         last = index == len(window) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            loss = model(**model_inputs(batch)).loss * (num_tokens * scale)
+            loss = model(**device_inputs(batch)).loss * (num_tokens * scale)
             accelerator.backward(loss)
         loss_sum += loss.detach()
     # The norm is computed after the gradient all-reduce, so every rank takes the same decision here.
@@ -158,7 +159,7 @@ def label_tokens(batch: dict) -> int:
 def accumulation_windows(batches: Iterable[tuple[dict, float]], size: int) -> Iterator[list[tuple[dict, float]]]:
     """Group one epoch's micro-batches into windows of `size`; the epoch's last window holds what is left.
 
-    Every rank gets the same number of micro-batches per epoch (`ranked_batches` fills in), so the windows agree.
+    Every rank gets the same number of micro-batches per epoch (`batches_until_all_ranks_done`), so windows agree.
     """
     window = []
     for item in batches:
@@ -170,21 +171,18 @@ def accumulation_windows(batches: Iterable[tuple[dict, float]], size: int) -> It
         yield window
 
 
-def ranked_batches(accelerator: Accelerator, loader, after_first_fetch=None):
+def batches_until_all_ranks_done(accelerator: Accelerator, batches: Iterable[dict]) -> Iterator[tuple[dict, float]]:
     """Yield (batch, weight) until every rank has run out of data, with no example seen twice.
 
     Ranks read different shards, so one can run out first. It then repeats its last batch with weight 0 so the
     gradient all-reduce stays in step (unequal shards would otherwise hang), and the epoch ends when all are done.
-    Batches whose every row had too-long labels are folded into the next batch's `num_too_long`.
+    Batches whose every row had too-long labels are folded into the next batch's `num_labels_too_long`.
     """
-    last, too_long, iterator = None, 0, iter(loader)
+    last, labels_too_long, iterator = None, 0, iter(batches)
     while True:
         batch = next(iterator, None)
-        if after_first_fetch is not None:
-            after_first_fetch()
-            after_first_fetch = None
         while batch is not None and not batch["id"]:
-            too_long += batch["num_too_long"]
+            labels_too_long += batch["num_labels_too_long"]
             batch = next(iterator, None)
         if accelerator.num_processes > 1:
             done = accelerator.reduce(torch.tensor(float(batch is None), device=accelerator.device))
@@ -197,13 +195,13 @@ def ranked_batches(accelerator: Accelerator, loader, after_first_fetch=None):
         if batch is None:
             yield last, 0.0
             continue
-        batch["num_too_long"] += too_long
-        too_long, last = 0, batch
+        batch["num_labels_too_long"] += labels_too_long
+        labels_too_long, last = 0, batch
         yield batch, 1.0
 
 
 class Trainer:
-    """Holds what the loop shares; `fit` is the loop, the rest are its cadences."""
+    """Holds what the loop shares; `fit` is the loop, `state` where it stands (what a checkpoint restores)."""
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator):
         if cfg.lora_rank and accelerator.distributed_type == DistributedType.FSDP:
@@ -219,7 +217,7 @@ class Trainer:
         self.model, self.processor = load_model(cfg)
         self.generation = GenerationSettings(num_beams=cfg.num_beams, max_new_tokens=cfg.generation_max_new_tokens)
         self.generation.generate_kwargs(self.model.config, long_form=False)  # a budget that does not fit fails now
-        self.model_inputs = ModelInputs(self.processor, accelerator.device)
+        self.device_inputs = DeviceInputs(self.processor, accelerator.device)
         self.batcher = speech_batcher(
             self.processor,
             self.model.config,
@@ -243,7 +241,6 @@ class Trainer:
             )
         check_splits(cfg, self.splits)
         self.train_loader = self.loader("train", shuffle=True)
-        self.train_counts = PassCounter(self.splits["train"])
         self.data_counts: dict[str, dict] = {}  # split -> "kept N of M" counts of its last whole pass
         optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -262,9 +259,7 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
-        self.step, self.epoch, self.skipped_steps, self.too_long = 0, 0, 0, 0
-        self.pass_start_step = 0  # the step the current pass began at
-        self.saved_step = 0  # the step of the last checkpoint saved or resumed
+        self.state = LoopState()
         self.before_training: dict | None = None  # validation metrics of the untouched model, when asked for
         self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with trained_ids_dir
 
@@ -289,7 +284,8 @@ class Trainer:
     def steps_per_pass(self) -> int:
         """Optimizer steps one pass over the training split takes, from the index alone when streaming."""
         # Ranks can hold one example more than others, and an epoch lasts as long as the longest rank (see
-        # `ranked_batches`); every rank must agree on max_steps, or the schedules differ and the last reduce hangs.
+        # `batches_until_all_ranks_done`); every rank must agree on max_steps, or the schedules differ and the last
+        # reduce hangs.
         batches = torch.tensor(batches_per_pass(self.train_loader), device=self.accelerator.device)
         batches = int(self.accelerator.reduce(batches, reduction="max"))
         return math.ceil(batches / self.cfg.gradient_accumulation_steps)  # the last window ends with the epoch
@@ -313,10 +309,11 @@ class Trainer:
                 "1e-4 to 1e-3 (PEFT's Whisper example uses 1e-3)."
             )
 
-    def resume(self) -> dict | None:
+    def resume(self) -> LoopState | None:
+        """Load the checkpoint --resume_from_checkpoint names; its loop state becomes `self.state` and is returned."""
         # Verifying reads every byte of a checkpoint: rank 0 does it, and every rank resumes from what it found.
         resolve = partial(resolve_checkpoint, self.cfg.resume_from_checkpoint, self.output_dir / "checkpoints")
-        checkpoint = on_every_rank(self.accelerator, resolve, main_only=True)
+        checkpoint = on_rank_zero(self.accelerator, resolve)
         if checkpoint is None:
             self.say("No complete checkpoint to resume from; starting fresh.")
             return None
@@ -330,52 +327,49 @@ class Trainer:
                 f"{checkpoint} holds another model than this command builds: resume with the options that wrote it "
                 "(--model_name_or_path, --lora_rank, --lora_mlp, --freeze_encoder).\n" + str(err)[:1000]
             ) from err
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.skipped_steps, self.too_long = state["skipped_steps"], state["too_long"]
-        self.pass_start_step = state.get("pass_start_step", 0)
-        self.train_counts.counts = Counter(state.get("train_counts", {}))
-        self.saved_step = self.step
-        self.say(f"Resumed from {checkpoint} at step {self.step}, epoch {self.epoch}.")
-        return state["dataloader"]
+        if state.rng is None:  # a format-1 checkpoint's random state is accelerate's alone, which load_state restored
+            state.rng = capture_rng()
+        self.state = state
+        self.say(f"Resumed from {checkpoint} at step {state.step}, epoch {state.epoch}.")
+        return state
 
     def fit(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        loader_state = self.resume() if cfg.resume_from_checkpoint else None
-        rng_after_load = capture_rng() if loader_state is not None else None
-        if cfg.eval_before_training and self.step == 0:
+        resumed = self.resume() if cfg.resume_from_checkpoint else None
+        state = self.state
+        if cfg.eval_before_training and state.step == 0:
             self.before_training = self.evaluate_and_log("validation", cfg.max_eval_samples)
-        bar = tqdm(total=self.max_steps, initial=self.step, desc="train", disable=not acc.is_local_main_process)
+        bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not acc.is_local_main_process)
         tally = {"loss": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
-        while self.step < self.max_steps and self.epoch < self.max_passes:
-            set_epoch(self.train_loader, self.epoch)
-            if loader_state is not None:
-                self.train_loader.load_state_dict(loader_state)
-                loader_state = None
-            # Creating the iterator and fetching from it consume RNG; on resume, put the saved state back after.
-            restore = (lambda state=rng_after_load: restore_rng(state)) if rng_after_load is not None else None
-            rng_after_load = None
-            batches = self.train_counts.counted(self.train_loader)  # every batch fetched, before any filler
-            batches = ranked_batches(acc, batches, after_first_fetch=restore)
+        while state.step < self.max_steps and state.epoch < self.max_passes:
+            batches = self.pass_batches(resumed)
+            resumed = None
             for window in accumulation_windows(batches, cfg.gradient_accumulation_steps):
                 self.count_trained(window)
                 with explain_out_of_memory(cfg):
                     loss, grad_norm, stepped = training_step(
-                        acc, self.model, self.optimizer, self.scheduler, window, cfg.max_grad_norm, self.model_inputs
+                        acc, self.model, self.optimizer, self.scheduler, window, cfg.max_grad_norm, self.device_inputs
                     )
-                self.step += 1
-                self.skipped_steps += not stepped
+                state.step += 1
+                state.skipped_steps += not stepped
                 tally["loss"] += loss
                 tally["steps"] += 1
                 tally["samples"] += sum(len(batch["id"]) * weight for batch, weight in window)
                 tally["grad_norm"] = grad_norm
                 bar.update(1)
-                self.on_step_end(tally)
-                if self.step >= self.max_steps and self.step - self.pass_start_step < self.planned_pass_steps:
+                last_step = state.step == self.max_steps
+                if state.step % cfg.log_every == 0 or last_step:
+                    self.log_window(tally)
+                if cfg.eval_every and state.step % cfg.eval_every == 0 and not last_step:
+                    self.evaluate_and_log("validation", cfg.max_eval_samples)
+                if (cfg.save_every and state.step % cfg.save_every == 0) or last_step:
+                    self.save_checkpoint()
+                if last_step and state.step - state.pass_start_step < self.planned_pass_steps:
                     break  # mid-pass; at a pass's end, let the loader finish it, so that the pass is counted
             else:
                 self.end_of_pass()
-                self.epoch += 1
-        if self.step < self.max_steps and self.step != self.saved_step:  # the last pass ended early: it is the end
+                state.epoch += 1
+        if state.step < self.max_steps and state.step != state.saved_step:  # the last pass ended early: it is the end
             if tally["steps"]:
                 self.log_window(tally)
             self.save_checkpoint()
@@ -383,18 +377,34 @@ class Trainer:
         if cfg.trained_ids_dir:
             self.write_trained_ids(Path(cfg.trained_ids_dir))
 
+    def pass_batches(self, resumed: LoopState | None) -> Iterator[tuple[dict, float]]:
+        """This rank's (batch, weight) micro-batches of the current pass, counted into the loop state as they are
+        fetched; after a resume, from the checkpoint's data position and random state."""
+        set_epoch(self.train_loader, self.state.epoch)
+        if resumed is not None:
+            self.train_loader.load_state_dict(resumed.data_position)
+        fetched = PassCounter(self.splits["train"], self.state.train_counts).counted(self.train_loader)
+        first = next(fetched, None)
+        if resumed is not None:  # starting the loader and fetching from it consumed random numbers: put them back
+            restore_rng(resumed.rng)
+        batches = itertools.chain([] if first is None else [first], fetched)
+        return batches_until_all_ranks_done(self.accelerator, batches)
+
     def end_of_pass(self) -> None:
-        line, counts = self.train_counts.line(f"train pass {self.epoch + 1}", self.accelerator)
-        steps, self.pass_start_step = self.step - self.pass_start_step, self.step
+        state = self.state
+        line, counts = PassCounter(self.splits["train"], state.train_counts).line(
+            f"train pass {state.epoch + 1}", self.accelerator
+        )
+        steps, state.pass_start_step = state.step - state.pass_start_step, state.step
         self.say(f"{line} | {steps} optimizer steps of {self.planned_pass_steps} planned")
         self.data_counts["train"] = dict(counts)
 
     def count_trained(self, window: list[tuple[dict, float]]) -> None:
         for batch, weight in window:
             if weight:  # a filler batch repeats one already counted
-                self.too_long += batch["num_too_long"]
+                self.state.labels_too_long += batch["num_labels_too_long"]
                 if self.cfg.trained_ids_dir:
-                    self.trained_ids.setdefault(self.epoch, []).extend(batch["id"])
+                    self.trained_ids.setdefault(self.state.epoch, []).extend(batch["id"])
 
     def write_trained_ids(self, folder: Path) -> None:
         """rank{N}.json: the ids this rank trained on, per epoch, and a sha256 of the weights it ended with.
@@ -409,15 +419,6 @@ class Trainer:
         record = {"rank": self.accelerator.process_index, "ids": self.trained_ids, "params_sha256": digest.hexdigest()}
         (folder / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(record))
 
-    def on_step_end(self, tally: dict) -> None:
-        cfg, last_step = self.cfg, self.step == self.max_steps
-        if self.step % cfg.log_every == 0 or last_step:
-            self.log_window(tally)
-        if cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
-            self.evaluate_and_log("validation", cfg.max_eval_samples)
-        if (cfg.save_every and self.step % cfg.save_every == 0) or last_step:
-            self.save_checkpoint()
-
     def log_window(self, tally: dict) -> None:
         acc = self.accelerator
         elapsed = time.perf_counter() - tally["start"]
@@ -430,14 +431,14 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(tally["grad_norm"]),
             "samples_per_s": samples / elapsed,
-            "epoch": self.epoch,
-            "skipped_steps": self.skipped_steps,
+            "epoch": self.state.epoch,
+            "skipped_steps": self.state.skipped_steps,
         }
         self.say(
-            f"step {self.step} | loss {values['loss']:.4f} | lr {values['lr']:.3g} | grad_norm "
-            f"{values['grad_norm']:.3g} | {values['samples_per_s']:.1f} samples/s | skipped {self.skipped_steps}"
+            f"step {self.state.step} | loss {values['loss']:.4f} | lr {values['lr']:.3g} | grad_norm "
+            f"{values['grad_norm']:.3g} | {values['samples_per_s']:.1f} samples/s | skipped {values['skipped_steps']}"
         )
-        acc.log(values, step=self.step)
+        acc.log(values, step=self.state.step)
         tally.update(loss=0.0, steps=0, samples=0, start=time.perf_counter())
 
     def evaluate_and_log(self, split: str, max_samples: int | None = None) -> dict[str, float]:
@@ -448,32 +449,22 @@ class Trainer:
             self.splits[split],
             self.loader(split),
             self.processor,
-            self.model_inputs,
+            self.device_inputs,
             settings=self.generation,
             max_samples=max_samples,
         )
-        metrics = result.metrics
-        self.say(f"eval {split} @ step {self.step} | {format_scores(metrics)} | {metrics['num_scored']} utterances")
-        self.accelerator.log({f"{split}/{k}": v for k, v in metrics.items()}, step=self.step)
+        metrics, step = result.metrics, self.state.step
+        self.say(f"eval {split} @ step {step} | {format_scores(metrics)} | {metrics['num_scored']} utterances")
+        self.accelerator.log({f"{split}/{k}": v for k, v in metrics.items()}, step=step)
         if result.counts is not None:  # a whole pass: say what it kept
             self.say(result.kept_line)
             self.data_counts[split] = dict(result.counts)
         return metrics | {"records": result.records}
 
     def save_checkpoint(self) -> None:
-        loop_state = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "skipped_steps": self.skipped_steps,
-            "too_long": self.too_long,
-            "train_counts": dict(self.train_counts.counts),
-            "pass_start_step": self.pass_start_step,
-            "dataloader": self.train_loader.state_dict(),
-        }
-        path = save_checkpoint(
-            self.accelerator, self.output_dir / "checkpoints", self.step, loop_state, self.cfg.save_total_limit
-        )
-        self.saved_step = self.step
+        self.state.saved_step = self.state.step
+        state = dataclasses.replace(self.state, data_position=self.train_loader.state_dict(), rng=capture_rng())
+        path = save_checkpoint(self.accelerator, self.output_dir / "checkpoints", state, self.cfg.save_total_limit)
         self.say(f"saved checkpoint {path}")
 
     def finish(self) -> None:
@@ -491,7 +482,7 @@ class Trainer:
             model, state_dict = acc.unwrap_model(self.model), acc.get_state_dict(self.model)
         # A full disk on rank 0 must stop every rank here, not leave them waiting in the evaluation's collectives.
         save = partial(save_final_model, model, state_dict, self.processor, self.output_dir)
-        on_every_rank(acc, save, main_only=True)
+        on_rank_zero(acc, save)
         splits = [split for split in ["validation", *cfg.final_eval_splits] if split in self.splits]
         results = {split: self.evaluate_and_log(split) for split in splits}
         if self.before_training is not None:
@@ -502,14 +493,15 @@ class Trainer:
                 f"{after['cer_nospace']:.4f}"
             )
         # Rank 0 alone from here: if it fails (a full disk, the Hub), the other ranks stop with it, not at a barrier.
-        on_every_rank(acc, partial(self.publish, results), main_only=True)
+        on_rank_zero(acc, partial(self.publish, results))
 
     def publish(self, results: dict) -> None:
         """Predictions, metrics.json, the faster-whisper export, the card and the push; rank 0 only."""
         cfg = self.cfg
         for split, result in results.items():
             write_predictions(self.output_dir / f"predictions_{split}.jsonl", result.pop("records"))
-        summary = {"step": self.step, "skipped_steps": self.skipped_steps, "labels_too_long": self.too_long}
+        state = self.state
+        summary = {"step": state.step, "skipped_steps": state.skipped_steps, "labels_too_long": state.labels_too_long}
         summary["data"] = self.data_counts  # kept N of M, by reason, for each split's last whole pass
         (self.output_dir / "metrics.json").write_text(json.dumps(results | {"train": summary}, indent=2))
         if cfg.export_ct2:  # before the card and the push, so that both include it
@@ -544,21 +536,6 @@ def explain_out_of_memory(cfg: TrainConfig):
             "checkpointing, large-v3 needs ~2.3-3 GB of activations per sample beside ~28 GB of weights, gradients "
             "and AdamW state; `python benchmarks/train_throughput.py --model large-v3` finds what fits."
         ) from err
-
-
-def capture_rng() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def main(argv: list[str] | None = None) -> None:

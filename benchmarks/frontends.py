@@ -34,7 +34,7 @@ from benchmarks.data_pipeline import cpu_model, markdown_table, write_section  #
 from kspon_dataset.corpus import read_utterance  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.collator import WhisperCollator  # noqa: E402
-from kspon_whisper.data import ModelInputs, load_splits  # noqa: E402
+from kspon_whisper.data import DeviceInputs, load_splits  # noqa: E402
 from kspon_whisper.export import export_ct2  # noqa: E402
 from kspon_whisper.inference import LANGUAGE  # noqa: E402
 from kspon_whisper.metrics import normalize_for_scoring, score  # noqa: E402
@@ -135,7 +135,7 @@ def front_end_cost(probabilities=(0.0, 0.5, 1.0), batch_size: int = 16, repeats:
     on average)."""
     torch.set_num_threads(1)
     extractor = WhisperFeatureExtractor(feature_size=128)
-    inputs = ModelInputs(SimpleNamespace(feature_extractor=extractor), torch.device("cpu"))
+    inputs = DeviceInputs(SimpleNamespace(feature_extractor=extractor), torch.device("cpu"))
     rng = np.random.default_rng(0)
     audio = [(rng.standard_normal(int(s * 16_000)) * 3000).astype(np.int16) for s in rng.uniform(0.5, 12, batch_size)]
     collate = WhisperCollator(extractor, decoder_start_token_id=0, audio_mode="waveform")

@@ -264,7 +264,7 @@ def worker_memory() -> list[dict]:
 def count_rows(rows: list[dict]) -> dict:
     """A collate_fn with no batching work: ids, and what `PassCounter` reads from a batch."""
     kept = [row["id"] for row in rows if "skip" not in row]
-    return {"id": kept, "num_too_long": 0, "skipped": Counter(row["skip"] for row in rows if "skip" in row)}
+    return {"id": kept, "num_labels_too_long": 0, "skipped": Counter(row["skip"] for row in rows if "skip" in row)}
 
 
 class OneProcess:

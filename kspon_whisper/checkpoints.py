@@ -5,21 +5,28 @@ logged at INFO level on load, and with `automatic_checkpoint_naming` + `total_li
 deleted *before* the new one is written. So each checkpoint is written to a temporary folder, verified, renamed
 into place, and only then are old ones rotated out. A checkpoint is complete when it holds `COMPLETE.json`, which
 records every file's size and sha256: a truncated or corrupted file is found, named and passed over on resume.
+
+Beside accelerate's state each rank saves its `LoopState`, the training loop's position, whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -31,24 +38,78 @@ T = TypeVar("T")
 MARKER = "COMPLETE.json"
 PREFIX = "step_"
 TRASH = ".trash-"  # an old checkpoint being rotated out: renamed first, so a kill mid-delete leaves no half folder
+LOOP_STATE_FORMAT = 2  # 1: the loop's fields packed one by one (too_long, dataloader), no random state of its own
+
+
+@dataclass
+class LoopState:
+    """Where the training loop stands on this rank: what a checkpoint holds beside accelerate's state (weights,
+    optimizer, schedule), saved whole by `save_checkpoint` and restored whole by `load_loop_state`."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # passes over the training split finished
+    pass_start_step: int = 0  # the step the current pass began at
+    saved_step: int = 0  # the step of the last checkpoint saved or resumed from
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite gradient norm
+    labels_too_long: int = 0  # training examples dropped: labels longer than the decoder's positions
+    train_counts: Counter = field(default_factory=Counter)  # this pass's kept and dropped utterances so far
+    data_position: dict | None = None  # the training loader's state_dict at the save: where this rank's pass is
+    rng: dict | None = field(default=None, compare=False)  # Python, NumPy, torch (and CUDA) RNGs (`capture_rng`)
+
+    def to_dict(self) -> dict:
+        """What a checkpoint holds: plain Python, numpy and torch types, readable with torch.load alone."""
+        return {"format": LOOP_STATE_FORMAT, **dataclasses.asdict(self), "train_counts": dict(self.train_counts)}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> LoopState:
+        if "format" not in saved:  # format 1: the random state is accelerate's alone (the trainer captures it)
+            saved = {
+                "step": saved["step"],
+                "epoch": saved["epoch"],
+                "pass_start_step": saved.get("pass_start_step", 0),
+                "saved_step": saved["step"],
+                "skipped_steps": saved["skipped_steps"],
+                "labels_too_long": saved["too_long"],
+                "train_counts": saved.get("train_counts", {}),
+                "data_position": saved["dataloader"],
+            }
+        elif saved["format"] != LOOP_STATE_FORMAT:
+            raise ValueError(f"Loop state format {saved['format']}: this code reads 1 and {LOOP_STATE_FORMAT}.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names} | {"train_counts": Counter(saved["train_counts"])})
+
+
+def capture_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def loop_state_file(checkpoint: Path, rank: int) -> Path:
     return checkpoint / f"loop_state_rank{rank}.pt"
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state: dict, total_limit: int) -> Path:
-    """Write `root/step_XXXXXXXX` atomically; every rank must call this. If any rank fails to write its part, every
-    rank raises and the half-written folder is removed."""
-    final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{PREFIX}{step:08d}"
+def save_checkpoint(accelerator: Accelerator, root: Path, state: LoopState, total_limit: int) -> Path:
+    """Write `root/step_XXXXXXXX` (`state.step`) atomically; every rank must call this. If any rank fails to write
+    its part, every rank raises and the half-written folder is removed."""
+    final = root / f"{PREFIX}{state.step:08d}"
+    tmp = root / f".tmp-{PREFIX}{state.step:08d}"
     if accelerator.is_main_process:
         _remove_leftovers(root)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     try:
-        on_every_rank(accelerator, lambda: _write(accelerator, root, tmp, loop_state))
-        on_every_rank(accelerator, lambda: _complete(accelerator.num_processes, tmp, step), main_only=True)
+        on_every_rank(accelerator, lambda: _write(accelerator, root, tmp, state))
+        on_rank_zero(accelerator, lambda: _complete(accelerator.num_processes, tmp, state.step))
     except BaseException:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -61,19 +122,19 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state:
     return final
 
 
-def _write(accelerator: Accelerator, root: Path, tmp: Path, loop_state: dict) -> None:
+def _write(accelerator: Accelerator, root: Path, tmp: Path, state: LoopState) -> None:
     """This rank's part: accelerate's state (each rank's RNG; model and optimizer from rank 0, or every rank's shard
     under FSDP) and the loop state."""
     try:
         accelerator.save_state(str(tmp))
         # Each rank reads its own part of the data, so each rank's dataloader position is saved, not only rank 0's.
-        torch.save(loop_state, loop_state_file(tmp, accelerator.process_index))
+        torch.save(state.to_dict(), loop_state_file(tmp, accelerator.process_index))
     except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as "iostream error", no errno
         raise _explain_failed_save(err, root, tmp) from err
 
 
 def _complete(num_processes: int, tmp: Path, step: int) -> None:
-    _verify(tmp, num_processes)
+    _check_every_part_written(tmp, num_processes)
     marker = {"step": step, "num_processes": num_processes, "files": _checksums(tmp)}
     try:
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
@@ -81,24 +142,30 @@ def _complete(num_processes: int, tmp: Path, step: int) -> None:
         raise _explain_failed_save(err, tmp.parent, tmp) from err
 
 
-def on_every_rank(accelerator: Accelerator, work: Callable[[], T], main_only: bool = False) -> T:
-    """Run `work` on every rank, or on the main process only, and give every rank the outcome: the result (the main
-    process's, broadcast, with `main_only`) or, when it raised on any rank, an error on every rank, the failing rank's
-    own and elsewhere one naming that rank. Every rank must call this. A rank that raised alone would leave the
-    others waiting at their next collective until the process group times out (the trainer's --ddp_timeout)."""
+def on_every_rank(accelerator: Accelerator, work: Callable[[], T]) -> T:
+    """Run `work` on every rank and return its result; when it raised on any rank, raise on every rank: the failing
+    rank's own error, and elsewhere one naming that rank. Every rank must call this. A rank that raised alone would
+    leave the others waiting at their next collective until the process group times out (the trainer's
+    --ddp_timeout)."""
     result, error = None, None
-    if accelerator.is_main_process or not main_only:
-        try:
-            result = work()
-        except Exception as err:  # noqa: BLE001 - raised again below, once every rank knows
-            error = err
+    try:
+        result = work()
+    except Exception as err:  # noqa: BLE001 - raised again below, once every rank knows
+        error = err
     failed = accelerator.gather(torch.tensor([int(error is not None)], device=accelerator.device))
     if error is not None:
         raise error
     if failed.any():
         ranks = ", ".join(str(rank) for rank in failed.nonzero().flatten().tolist())
         raise RuntimeError(f"Rank {ranks} failed (its error is above); this rank stops with it.")
-    return broadcast_object_list([result])[0] if main_only else result
+    return result
+
+
+def on_rank_zero(accelerator: Accelerator, work: Callable[[], T]) -> T:
+    """Run `work` on the main process alone and give every rank its result; if it raised, every rank raises, as with
+    `on_every_rank`. Every rank must call this."""
+    result = on_every_rank(accelerator, work if accelerator.is_main_process else lambda: None)
+    return broadcast_object_list([result])[0]
 
 
 def _checksums(folder: Path) -> dict[str, dict]:
@@ -110,10 +177,10 @@ def _checksums(folder: Path) -> dict[str, dict]:
     return checksums
 
 
-def damage(checkpoint: Path) -> str | None:
-    """What is wrong with a complete checkpoint's files (the first missing, truncated or altered one), or None.
+def first_damaged_file(checkpoint: Path) -> str | None:
+    """The first of a complete checkpoint's files that is missing, truncated or altered, and how; None if none is.
 
-    This reads every byte (~18 GB for large-v3 with its optimizer state): run it on one rank (`on_every_rank`)."""
+    This reads every byte (~18 GB for large-v3 with its optimizer state): run it on one rank (`on_rank_zero`)."""
     started = time.perf_counter()
     files = json.loads((checkpoint / MARKER).read_text()).get("files", {})  # older checkpoints carry no checksums
     for name, expected in files.items():
@@ -158,7 +225,7 @@ _ARTEFACTS = {  # how a missing one is named in the error: the patterns that wou
 }
 
 
-def _verify(checkpoint: Path, num_processes: int) -> None:
+def _check_every_part_written(checkpoint: Path, num_processes: int) -> None:
     per_rank = [f"random_states_{r}.pkl" for r in range(num_processes)]
     per_rank += [loop_state_file(checkpoint, r).name for r in range(num_processes)]
     missing = [name for name in per_rank if not _written(checkpoint / name)]
@@ -208,7 +275,7 @@ def resolve_checkpoint(resume_from: str, root: Path) -> Path | None:
                 f"{path} is not a complete checkpoint (no {MARKER}). Use --resume_from_checkpoint latest to take the "
                 f"newest complete one under {root}."
             )
-        if problem := damage(path):
+        if problem := first_damaged_file(path):
             raise ValueError(
                 f"Checkpoint {path} is damaged: {problem}. Use --resume_from_checkpoint latest to take the newest one "
                 f"under {root} that verifies."
@@ -223,7 +290,7 @@ def resolve_checkpoint(resume_from: str, root: Path) -> Path | None:
     if newer_incomplete:
         logger.warning(f"Ignoring incomplete checkpoint(s) {sorted(map(str, newer_incomplete))}.")
     for checkpoint in reversed(complete):
-        if (problem := damage(checkpoint)) is None:
+        if (problem := first_damaged_file(checkpoint)) is None:
             return checkpoint
         logger.warning(f"Passing over checkpoint {checkpoint}: {problem}.")
     logger.warning(f"No complete checkpoint under {root} verifies: a fresh start.")
@@ -234,7 +301,7 @@ def _step_name(path: Path) -> str:
     return path.name[path.name.index(PREFIX) :]
 
 
-def load_loop_state(checkpoint: Path, rank: int, num_processes: int) -> dict:
+def load_loop_state(checkpoint: Path, rank: int, num_processes: int) -> LoopState:
     """This rank's loop state. Each rank saved its own data position, so the process count must be the same."""
     written_by = json.loads((checkpoint / MARKER).read_text())["num_processes"]
     if written_by != num_processes:
@@ -242,7 +309,7 @@ def load_loop_state(checkpoint: Path, rank: int, num_processes: int) -> dict:
             f"{checkpoint} was written by {written_by} processes and holds one data position per process; resume it "
             f"with {written_by} processes (not {num_processes}), or start a new run from its weights."
         )
-    return torch.load(loop_state_file(checkpoint, rank), weights_only=False)
+    return LoopState.from_dict(torch.load(loop_state_file(checkpoint, rank), weights_only=False))
 
 
 def save_final_model(model, state_dict: dict | None, processor: WhisperProcessor, output_dir: Path) -> None:

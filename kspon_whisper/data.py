@@ -11,7 +11,7 @@ data is prepared Arrow rows indexed by `RankSampler` in the same order. Neither 
 `accelerator.prepare`, which would shard it a second time; `datasets.distributed.split_dataset_by_node` is not used
 either, because it shards a streamed split by reading everything on every rank unless the shard count divides the
 world size (623 folders on 8 ranks: 8 reads per kept example). Ranks whose part runs out first are handled in the
-training loop (`ranked_batches`).
+training loop (`batches_until_all_ranks_done`).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class SpeechBatcher:
     )
 
     def __call__(self, rows: list[dict]) -> dict:
-        kept, too_long, skipped = [], 0, Counter()
+        kept, labels_too_long, skipped = [], 0, Counter()
         for row in rows:
             if "skip" in row:
                 skipped[row["skip"]] += 1
@@ -179,7 +179,7 @@ class SpeechBatcher:
             if self.timestamps is not None:
                 labels = self.timestamps(labels, row["id"], len(samples) / SAMPLE_RATE, self.epoch)
             if len(labels) > self.collator.max_label_length:  # timestamp tokens included: they take positions too
-                too_long += 1
+                labels_too_long += 1
                 continue
             padded = drawn(self.feature_padding, "feature_padding", self.seed, self.epoch, row["id"])
             kept.append(
@@ -187,7 +187,7 @@ class SpeechBatcher:
             )
         batch = self.collator(kept) if kept else {"id": []}
         batch["text"] = [row["text"] for row in kept]
-        batch["num_too_long"] = too_long
+        batch["num_labels_too_long"] = labels_too_long
         batch["skipped"] = skipped
         return batch
 
@@ -199,7 +199,7 @@ def speech_batcher(
     log_mel_on_device: bool,
     label_bucket: int | None = None,
 ) -> SpeechBatcher:
-    """The loaders' batcher: int16 waveforms that `ModelInputs` turns into log-mels on the device, or host features.
+    """The loaders' batcher: int16 waveforms that `DeviceInputs` turns into log-mels on the device, or host features.
     The model's config gives the decoder's start token and its positions, the longest label kept."""
     collator = WhisperCollator(
         processor.feature_extractor,
@@ -211,8 +211,9 @@ def speech_batcher(
     return SpeechBatcher(processor, collator)
 
 
-class ModelInputs:
-    """A batch's model arguments on `device`: log-mels computed there from its waveforms, or its host features."""
+class DeviceInputs:
+    """Called on a batch: its model arguments on `device`, log-mels computed there from its waveforms (or its host
+    features), and its labels."""
 
     def __init__(self, processor: WhisperProcessor, device: torch.device):
         self.device = device
@@ -295,11 +296,12 @@ def set_epoch(loader: StatefulDataLoader, epoch: int) -> None:
 class PassCounter:
     """Counts one pass over a split as its batches go by, and says "kept N of M (reasons)" for all ranks together."""
 
-    def __init__(self, split: Split):
-        self.split, self.counts = split, Counter()
+    def __init__(self, split: Split, counts: Counter | None = None):
+        # `counts` may be another's: the trainer's loop state holds its pass's, so that a checkpoint saves them.
+        self.split, self.counts = split, Counter() if counts is None else counts
 
     def add(self, batch: dict) -> None:
-        self.counts.update(kept=len(batch["id"]), labels_too_long=batch["num_too_long"])
+        self.counts.update(kept=len(batch["id"]), labels_too_long=batch["num_labels_too_long"])
         self.counts.update(batch["skipped"])
 
     def counted(self, batches: Iterable[dict]) -> Iterator[dict]:
@@ -311,7 +313,7 @@ class PassCounter:
         """The whole split's counts, summed over ranks (every rank must call this); resets for the next pass."""
         local = torch.tensor([float(self.counts[k]) for k in COUNT_KEYS], device=accelerator.device)
         summed = dict(zip(COUNT_KEYS, accelerator.reduce(local, reduction="sum").long().tolist(), strict=True))
-        self.counts = Counter()
+        self.counts.clear()
         index_drops = Counter({k: v for k, v in self.split.tally.items() if k in SKIP_REASONS})
         return +(Counter(seen=self.split.tally["seen"]) + index_drops + Counter(summed))
 

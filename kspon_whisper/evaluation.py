@@ -44,7 +44,7 @@ def evaluate_split(
     split: Split,
     batches: Iterable[dict],
     processor: WhisperProcessor,
-    model_inputs: Callable[[dict], dict],
+    device_inputs: Callable[[dict], dict],
     *,
     settings: GenerationSettings = DEFAULT_SETTINGS,
     max_samples: int | None = None,
@@ -57,7 +57,7 @@ def evaluate_split(
         model,
         counter.counted(batches),
         processor,
-        model_inputs,
+        device_inputs,
         settings=settings,
         max_samples=max_samples,
         desc=f"eval {name}",
@@ -85,7 +85,7 @@ def evaluate(
     model: torch.nn.Module,
     batches: Iterable[dict],
     processor: WhisperProcessor,
-    model_inputs: Callable[[dict], dict],
+    device_inputs: Callable[[dict], dict],
     *,
     settings: GenerationSettings = DEFAULT_SETTINGS,
     max_samples: int | None = None,
@@ -100,7 +100,7 @@ def evaluate(
     for batch in tqdm(batches, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
         if not batch["id"]:
             continue
-        features = model_inputs(batch)["input_features"]
+        features = device_inputs(batch)["input_features"]
         hypotheses = decode_clips(generator, processor, features, settings, accelerator.mixed_precision)
         records += [
             {"id": uid, "reference": ref, "hypothesis": hyp}

@@ -70,8 +70,8 @@ def test_accumulating_two_micro_batches_equals_the_double_batch(train, train_ids
 
     steps_per_epoch = math.ceil(len(train_ids) / (2 * size))
     for trainer in (accumulated, double):
-        assert trainer.step == EPOCHS * steps_per_epoch, "--num_epochs is not whole passes"
-        assert trainer.scheduler.last_epoch == trainer.step, "the scheduler did not step once per optimizer step"
+        assert trainer.state.step == EPOCHS * steps_per_epoch, "--num_epochs is not whole passes"
+        assert trainer.scheduler.last_epoch == trainer.state.step, "the scheduler did not step once per optimizer step"
         assert sorted(trainer.trained_ids) == list(range(EPOCHS))
         for epoch, ids in trainer.trained_ids.items():
             assert Counter(ids) == Counter(train_ids), f"epoch {epoch} is not one pass over the training split"

@@ -2,10 +2,13 @@
 
 import errno
 import logging
+import random
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -13,9 +16,12 @@ from accelerate.state import AcceleratorState, GradientState
 
 from kspon_whisper.checkpoints import (
     MARKER,
+    LoopState,
+    capture_rng,
     complete_checkpoints,
     load_loop_state,
     resolve_checkpoint,
+    restore_rng,
     save_checkpoint,
 )
 from tests.processes import TWO_CPU_ENV, Finished, run_command, two_cpu_processes
@@ -52,16 +58,33 @@ def test_rotation_keeps_the_newest_complete_checkpoints(run, tmp_path):
     root = tmp_path / "checkpoints"
     for step in range(1, 5):
         run.train_once()
-        path = save_checkpoint(run.accelerator, root, step, {"step": step}, total_limit=2)
+        path = save_checkpoint(run.accelerator, root, LoopState(step=step), total_limit=2)
         assert (path / MARKER).is_file()
     assert names(complete_checkpoints(root)) == ["step_00000003", "step_00000004"]
     assert sorted(p.name for p in root.iterdir()) == ["step_00000003", "step_00000004"]  # no temporary left over
-    assert load_loop_state(root / "step_00000004", rank=0, num_processes=1) == {"step": 4}
+    assert load_loop_state(root / "step_00000004", rank=0, num_processes=1) == LoopState(step=4)
+
+
+def test_the_loop_state_is_restored_whole_and_a_format_1_one_is_still_read(run, tmp_path):
+    root = tmp_path / "checkpoints"
+    state = LoopState(7, 1, 5, 7, 2, 3, Counter(kept=12, empty_text=1), {"position": 3}, capture_rng())
+    path = save_checkpoint(run.accelerator, root, state, total_limit=2)
+    loaded = load_loop_state(path, rank=0, num_processes=1)
+    assert loaded == state and draws(loaded.rng) == draws(state.rng)
+    format_1 = {"step": 7, "epoch": 1, "skipped_steps": 2, "too_long": 3, "dataloader": {"position": 3}}
+    torch.save(format_1 | {"train_counts": {"kept": 12}, "pass_start_step": 5}, path / "loop_state_rank0.pt")
+    expected = LoopState(7, 1, 5, 7, 2, 3, Counter(kept=12), {"position": 3}, rng=None)  # rng: accelerate's alone
+    assert load_loop_state(path, rank=0, num_processes=1) == expected
+
+
+def draws(rng: dict) -> tuple:
+    restore_rng(rng)
+    return random.random(), np.random.random(), torch.rand(1).item()
 
 
 def test_resuming_with_another_process_count_is_refused(run, tmp_path):
     root = tmp_path / "checkpoints"
-    path = save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=2)
+    path = save_checkpoint(run.accelerator, root, LoopState(step=1), total_limit=2)
     with pytest.raises(ValueError, match="written by 1 processes .* resume it with 1 processes \\(not 2\\)"):
         load_loop_state(path, rank=0, num_processes=2)
 
@@ -70,7 +93,7 @@ def test_the_checkpoint_round_trips_the_model(run, tmp_path):
     root = tmp_path / "checkpoints"
     run.train_once()
     saved = {k: v.clone() for k, v in run.model.state_dict().items()}
-    save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=2)
+    save_checkpoint(run.accelerator, root, LoopState(step=1), total_limit=2)
     run.train_once()
     assert not all(torch.equal(saved[k], v) for k, v in run.model.state_dict().items())
     run.accelerator.load_state(str(resolve_checkpoint("latest", root)))
@@ -80,7 +103,7 @@ def test_the_checkpoint_round_trips_the_model(run, tmp_path):
 def test_a_crash_mid_save_deletes_nothing_but_its_own_folder(run, tmp_path, monkeypatch, caplog):
     root = tmp_path / "checkpoints"
     for step in (1, 2):
-        save_checkpoint(run.accelerator, root, step, {"step": step}, total_limit=2)
+        save_checkpoint(run.accelerator, root, LoopState(step=step), total_limit=2)
 
     def crash_after_the_model(output_dir: str, **kwargs):
         run.accelerator.save_model(run.model, output_dir)
@@ -88,7 +111,7 @@ def test_a_crash_mid_save_deletes_nothing_but_its_own_folder(run, tmp_path, monk
 
     monkeypatch.setattr(run.accelerator, "save_state", crash_after_the_model)
     with pytest.raises(OSError, match="No space left"):
-        save_checkpoint(run.accelerator, root, 3, {"step": 3}, total_limit=2)
+        save_checkpoint(run.accelerator, root, LoopState(step=3), total_limit=2)
 
     assert names(complete_checkpoints(root)) == ["step_00000001", "step_00000002"]
     assert sorted(p.name for p in root.iterdir()) == ["step_00000001", "step_00000002"]  # the half-written one is gone
@@ -97,7 +120,7 @@ def test_a_crash_mid_save_deletes_nothing_but_its_own_folder(run, tmp_path, monk
 
 def test_a_full_disk_is_named_with_the_space_a_checkpoint_needs(run, tmp_path, monkeypatch):
     root = tmp_path / "checkpoints"
-    save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=2)
+    save_checkpoint(run.accelerator, root, LoopState(step=1), total_limit=2)
 
     def iostream_error(output_dir: str, **kwargs):  # what torch's writer raises on a full disk: no errno
         (Path(output_dir) / "optimizer.bin").write_bytes(b"partial")
@@ -108,7 +131,7 @@ def test_a_full_disk_is_named_with_the_space_a_checkpoint_needs(run, tmp_path, m
     monkeypatch.setattr(run.accelerator, "save_state", iostream_error)
     monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
     with pytest.raises(OSError, match=f"Disk full at {root}") as err:
-        save_checkpoint(run.accelerator, root, 2, {"step": 2}, total_limit=2)
+        save_checkpoint(run.accelerator, root, LoopState(step=2), total_limit=2)
     assert err.value.errno == errno.ENOSPC and "a checkpoint needs ~" in str(err.value)
     assert "--resume_from_checkpoint latest" in str(err.value)
     assert sorted(p.name for p in root.iterdir()) == ["step_00000001"]
@@ -124,7 +147,7 @@ def test_a_damaged_checkpoint_is_named_and_latest_falls_back(run, tmp_path, capl
     root = tmp_path / "checkpoints"
     for step in (1, 2):
         run.train_once()
-        save_checkpoint(run.accelerator, root, step, {"step": step}, total_limit=2)
+        save_checkpoint(run.accelerator, root, LoopState(step=step), total_limit=2)
     _corrupt(root / "step_00000002" / "optimizer.bin", how)
 
     with caplog.at_level(logging.WARNING, logger="kspon_whisper.checkpoints"):
@@ -137,11 +160,11 @@ def test_a_damaged_checkpoint_is_named_and_latest_falls_back(run, tmp_path, capl
 
 def test_leftovers_of_an_interrupted_save_or_rotation_are_removed(run, tmp_path):
     root = tmp_path / "checkpoints"
-    save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=2)
+    save_checkpoint(run.accelerator, root, LoopState(step=1), total_limit=2)
     for leftover in (".trash-step_00000000", "step_00000002", ".tmp-step_00000003"):  # a kill mid-rotate / mid-save
         (root / leftover).mkdir()
         (root / leftover / "loop_state_rank0.pt").write_bytes(b"x")
-    save_checkpoint(run.accelerator, root, 4, {"step": 4}, total_limit=2)
+    save_checkpoint(run.accelerator, root, LoopState(step=4), total_limit=2)
     assert sorted(p.name for p in root.iterdir()) == ["step_00000001", "step_00000004"]
 
 
@@ -149,7 +172,7 @@ def test_leftovers_of_an_interrupted_save_or_rotation_are_removed(run, tmp_path)
 def test_verification_refuses_a_checkpoint_missing_a_file(run, tmp_path, monkeypatch, dropped):
     """Accelerate only logs a missing RNG file at INFO level on load; the save must refuse it instead."""
     root = tmp_path / "checkpoints"
-    save_checkpoint(run.accelerator, root, 1, {"step": 1}, total_limit=1)
+    save_checkpoint(run.accelerator, root, LoopState(step=1), total_limit=1)
     save_state = run.accelerator.save_state
 
     def save_state_losing_a_file(output_dir: str, **kwargs):
@@ -158,7 +181,7 @@ def test_verification_refuses_a_checkpoint_missing_a_file(run, tmp_path, monkeyp
 
     monkeypatch.setattr(run.accelerator, "save_state", save_state_losing_a_file)
     with pytest.raises(RuntimeError, match=dropped):
-        save_checkpoint(run.accelerator, root, 2, {"step": 2}, total_limit=1)
+        save_checkpoint(run.accelerator, root, LoopState(step=2), total_limit=1)
     assert names(complete_checkpoints(root)) == ["step_00000001"]  # total_limit=1 and still not rotated out
 
 
@@ -205,7 +228,7 @@ def test_sharded_fsdp_state_counts_as_complete(run, tmp_path, monkeypatch):
         torch.save({}, out / "random_states_0.pkl")
 
     monkeypatch.setattr(run.accelerator, "save_state", save_state_as_fsdp)
-    path = save_checkpoint(run.accelerator, tmp_path / "checkpoints", 1, {"step": 1}, total_limit=1)
+    path = save_checkpoint(run.accelerator, tmp_path / "checkpoints", LoopState(step=1), total_limit=1)
     assert (path / MARKER).is_file()
 
 

@@ -216,7 +216,7 @@ def test_a_streamed_pass_says_what_it_kept(splits, scaled_corpus):
     counter = PassCounter(split)
     batcher_rows = []
     for batch in counter.counted(
-        {"id": ids, "num_too_long": 0, "skipped": Counter()} for ids in loader(split, shuffle=False)
+        {"id": ids, "num_labels_too_long": 0, "skipped": Counter()} for ids in loader(split, shuffle=False)
     ):
         batcher_rows += batch["id"]
     line, total = counter.line("validation", OneProcess())

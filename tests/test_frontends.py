@@ -15,7 +15,7 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from transformers import WhisperFeatureExtractor
 
 from kspon_whisper.collator import WhisperCollator
-from kspon_whisper.data import ModelInputs, set_epoch
+from kspon_whisper.data import DeviceInputs, set_epoch
 from kspon_whisper.draws import drawn
 from kspon_whisper.log_mel import LogMelSpectrogram
 from train_accelerate import TrainConfig, Trainer, parse_config
@@ -51,7 +51,7 @@ def test_host_features_pad_the_chosen_rows_as_the_device_does():
     host = WhisperCollator(extractor, decoder_start_token_id=50258, audio_mode="features")(examples)
     waveforms = WhisperCollator(extractor, decoder_start_token_id=50258, audio_mode="waveform")(examples)
     assert waveforms["feature_padded"].tolist() == [True, False, True]
-    device = ModelInputs(type("Processor", (), {"feature_extractor": extractor}), torch.device("cpu"))(waveforms)
+    device = DeviceInputs(type("Processor", (), {"feature_extractor": extractor}), torch.device("cpu"))(waveforms)
     torch.testing.assert_close(host["input_features"], device["input_features"], atol=2e-5, rtol=0)
     assert (device["input_features"][[0, 2], :, -1] == 0).all() and (device["input_features"][1, :, -1] < 0).all()
 
@@ -76,7 +76,7 @@ def test_the_trainer_feature_pads_its_share_of_training_examples(
     for epoch in (0, 1):
         set_epoch(trainer.train_loader, epoch)
         for batch in trainer.train_loader:
-            features = trainer.model_inputs(batch)["input_features"]
+            features = trainer.device_inputs(batch)["input_features"]
             padded = batch.get("feature_padded", torch.zeros(len(batch["id"]), dtype=torch.bool))
             for row, uid in enumerate(batch["id"]):
                 assert padded[row] == drawn(cfg.feature_padding_probability, "feature_padding", cfg.seed, epoch, uid)
@@ -89,4 +89,4 @@ def test_the_trainer_feature_pads_its_share_of_training_examples(
     for split in ("validation", "test"):
         for batch in trainer.loader(split):
             assert "feature_padded" not in batch
-            assert (trainer.model_inputs(batch)["input_features"][:, :, -1] < 0).all()  # the Transformers form
+            assert (trainer.device_inputs(batch)["input_features"][:, :, -1] < 0).all()  # the Transformers form

@@ -117,7 +117,7 @@ def test_fsdp_evaluation_matches_one_process_on_the_saved_model(runs, tone_corpu
             trainer.model,
             trainer.loader("test"),
             trainer.processor,
-            trainer.model_inputs,
+            trainer.device_inputs,
             settings=GenerationSettings(num_beams=1, max_new_tokens=MAX_NEW_TOKENS),
         )
     finally:

@@ -12,7 +12,7 @@ from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalG
 
 import transcribe
 from kspon_dataset.corpus import read_utterance
-from kspon_whisper.data import ModelInputs, load_splits, make_dataloader, speech_batcher
+from kspon_whisper.data import DeviceInputs, load_splits, make_dataloader, speech_batcher
 from kspon_whisper.evaluation import evaluate
 from kspon_whisper.inference import (
     MAX_NEW_TOKENS,
@@ -127,7 +127,7 @@ def test_evaluation_and_transcribe_give_the_same_text(offline_whisper_dir, tmp_p
     batcher = speech_batcher(processor, model.config, log_mel_on_device=True)
     loader = make_dataloader(clips, batcher, batch_size=3, num_workers=0, rank=0, world_size=1, seed=0, shuffle=False)
     try:
-        _, records = evaluate(Accelerator(), model, loader, processor, ModelInputs(processor, "cpu"))
+        _, records = evaluate(Accelerator(), model, loader, processor, DeviceInputs(processor, "cpu"))
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()

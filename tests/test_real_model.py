@@ -47,7 +47,7 @@ def trainer(offline_whisper_dir, speech_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuning_lowers_the_loss_on_training_speech(trainer):
-    batch = trainer.model_inputs(next(iter(trainer.loader("train"))))  # the first 4 training utterances, unshuffled
+    batch = trainer.device_inputs(next(iter(trainer.loader("train"))))  # the first 4 training utterances, unshuffled
 
     @torch.no_grad()
     def loss_on_batch() -> float:
@@ -59,5 +59,5 @@ def test_fine_tuning_lowers_the_loss_on_training_speech(trainer):
     before = loss_on_batch()
     trainer.fit()
     after = loss_on_batch()
-    assert trainer.step == STEPS and trainer.skipped_steps == 0
+    assert trainer.state.step == STEPS and trainer.state.skipped_steps == 0
     assert after < 0.75 * before, f"loss on training speech went {before:.3f} -> {after:.3f} in {STEPS} steps"

@@ -167,6 +167,8 @@ def test_num_epochs_on_streaming_data_trains_whole_passes_and_resumes_exactly(dr
     run_until_killed(command, "step_00000018")  # mid-way through the second pass
     log = run_to_end([*command, "--resume_from_checkpoint", "latest"])
     assert "at step 18, epoch 1" in log
+    second_pass = next(line for line in log.splitlines() if line.startswith("train pass 2"))  # counted across the kill
+    assert "kept 100 of 102" in second_pass and second_pass.endswith("| 14 optimizer steps of 14 planned"), second_pass
     resumed = load_file(out / "model.safetensors")
     differing = [name for name in expected if not torch.equal(expected[name], resumed[name])]
     assert not differing, f"{len(differing)} of {len(expected)} tensors differ after resuming: {differing[:3]}"

@@ -132,7 +132,7 @@ def test_the_label_limit_counts_the_timestamp_tokens(processor, generation_confi
 
     assert batcher(plain_length, 0.0)(rows)["id"] == ["KsponSpeech_000001"]
     timestamped = batcher(plain_length, 1.0)
-    assert timestamped(rows)["num_too_long"] == 1 and timestamped(rows)["id"] == []
+    assert timestamped(rows)["num_labels_too_long"] == 1 and timestamped(rows)["id"] == []
     assert batcher(plain_length + 1, 1.0)(rows)["id"] == ["KsponSpeech_000001"]  # one more: <|0.00|> took a place
 
 

@@ -7,8 +7,8 @@ each saying why, and a rank must wait for rank 0 as long as --ddp_timeout says.
     two_rank_faults.py timeout SECONDS               # print the trainer's process-group timeout on each rank
 
 Launched by tests/test_checkpoints.py with `accelerate launch --multi_gpu --num_processes 2` on CPU. Without the
-agreement in `kspon_whisper.checkpoints.on_every_rank`, the rank that failed would exit and the other would wait
-at its next collective until torch's elastic agent killed it, without a word of why.
+agreement in `kspon_whisper.checkpoints.on_every_rank` and `on_rank_zero`, the rank that failed would exit and the
+other would wait at its next collective until torch's elastic agent killed it, without a word of why.
 """
 
 import errno
@@ -38,7 +38,7 @@ def checkpoint_fails_on(rank: int, root: Path) -> None:
 
         accelerator.save_state = full_disk
     try:
-        checkpoints.save_checkpoint(accelerator, root, 1, {"step": 1}, total_limit=2)
+        checkpoints.save_checkpoint(accelerator, root, checkpoints.LoopState(step=1), total_limit=2)
     except (OSError, RuntimeError) as err:
         print(f"rank {accelerator.process_index} stopped: {err}", flush=True)
     else:
