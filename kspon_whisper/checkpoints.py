@@ -5,6 +5,8 @@ logged at INFO level on load, and with `automatic_checkpoint_naming` + `total_li
 deleted *before* the new one is written. So each checkpoint is written to a temporary folder, verified, renamed
 into place, and only then are old ones rotated out. A checkpoint is complete when it holds `COMPLETE.json`, which
 records every file's size and sha256: a truncated or corrupted file is found, named and passed over on resume.
+The sha256s are taken from the bytes as they are written (`WrittenDigests`), so no rank waits for a checkpoint
+(~18 GB for large-v3 with AdamW) to be read back; a resume still reads every byte to check them.
 
 Beside accelerate's state each rank saves its `LoopState`, the training loop's position, whole.
 """
@@ -19,12 +21,13 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -103,15 +106,18 @@ def save_checkpoint(accelerator: Accelerator, root: Path, state: LoopState, tota
     its part, every rank raises and the half-written folder is removed."""
     final = root / f"{PREFIX}{state.step:08d}"
     tmp = root / f".tmp-{PREFIX}{state.step:08d}"
+    digests = None
     if accelerator.is_main_process:
         _remove_leftovers(root)
         tmp.mkdir(parents=True)
+        digests = WrittenDigests(tmp)  # every rank's files, read by rank 0 as they are written
     accelerator.wait_for_everyone()
     try:
         on_every_rank(accelerator, lambda: _write(accelerator, root, tmp, state))
-        on_rank_zero(accelerator, lambda: _complete(accelerator.num_processes, tmp, state.step))
+        on_rank_zero(accelerator, lambda: _complete(accelerator.num_processes, tmp, state.step, digests))
     except BaseException:
         if accelerator.is_main_process:
+            digests.close()
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     if accelerator.is_main_process:
@@ -126,16 +132,18 @@ def _write(accelerator: Accelerator, root: Path, tmp: Path, state: LoopState) ->
     """This rank's part: accelerate's state (each rank's RNG; model and optimizer from rank 0, or every rank's shard
     under FSDP) and the loop state."""
     try:
-        accelerator.save_state(str(tmp))
+        # torch.save's zip writer only appends (it refuses to seek), so WrittenDigests can hash the bytes behind it;
+        # safetensors (0.8) sizes its file first and fills it in any order.
+        accelerator.save_state(str(tmp), safe_serialization=False)
         # Each rank reads its own part of the data, so each rank's dataloader position is saved, not only rank 0's.
         torch.save(state.to_dict(), loop_state_file(tmp, accelerator.process_index))
     except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as "iostream error", no errno
         raise _explain_failed_save(err, root, tmp) from err
 
 
-def _complete(num_processes: int, tmp: Path, step: int) -> None:
+def _complete(num_processes: int, tmp: Path, step: int, digests: WrittenDigests) -> None:
     _check_every_part_written(tmp, num_processes)
-    marker = {"step": step, "num_processes": num_processes, "files": _checksums(tmp)}
+    marker = {"step": step, "num_processes": num_processes, "files": digests.result()}
     try:
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
     except OSError as err:
@@ -168,13 +176,90 @@ def on_rank_zero(accelerator: Accelerator, work: Callable[[], T]) -> T:
     return broadcast_object_list([result])[0]
 
 
-def _checksums(folder: Path) -> dict[str, dict]:
-    checksums = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
-        with path.open("rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        checksums[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": digest}
-    return checksums
+class WrittenDigests:
+    """The size and sha256 of every file written under `folder`, read by a thread while the writers write it, so that
+    the checkpoint need not be read back once written (~18 GB for large-v3 with AdamW: every rank would wait).
+
+    Reading behind the writer is exact for writers that append, as torch.save's zip writer does (it refuses to
+    seek) and safetensors does (header, then the tensors in order). Files are followed by inode, so one written
+    under a temporary name and renamed (safetensors, DCP's `.metadata`) is read once; a file whose size at the end
+    is not what was read is read again whole.
+    """
+
+    CHUNK = 16 << 20
+    POLL_S = 0.05
+
+    def __init__(self, folder: Path):
+        self.folder, self._done, self._error = folder, threading.Event(), None
+        self._files: dict[int, _FollowedFile] = {}  # by inode: the open file keeps its number from being reused
+        self._thread = threading.Thread(target=self._follow, name="checkpoint-digests", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        try:
+            while not self._done.is_set():
+                if not self._read_new_bytes():
+                    self._done.wait(self.POLL_S)
+            self._read_new_bytes()  # what was written since the last look: the writers have all finished
+        except Exception as err:  # noqa: BLE001 - raised by `result`
+            self._error = err
+
+    def _read_new_bytes(self) -> bool:
+        read = False
+        for path in self._listing():
+            try:
+                followed = self._files.get(path.stat().st_ino) or self._open(path)
+            except FileNotFoundError:  # renamed or removed since the listing
+                continue
+            while chunk := followed.file.read(self.CHUNK):  # the read and hashlib release the GIL: writers go on
+                followed.digest.update(chunk)
+                followed.size += len(chunk)
+                read = True
+        return read
+
+    def _listing(self) -> list[Path]:
+        return sorted(p for p in self.folder.rglob("*") if p.name != MARKER and p.is_file())
+
+    def _open(self, path: Path) -> _FollowedFile:
+        file = path.open("rb")
+        inode = os.fstat(file.fileno()).st_ino
+        if inode in self._files:  # renamed onto this path between the stat and the open
+            file.close()
+        return self._files.setdefault(inode, _FollowedFile(file))
+
+    def result(self) -> dict[str, dict]:
+        """Once every writer has finished: {path relative to the folder: {"bytes", "sha256"}}, by path."""
+        self._done.set()
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            files = {}
+            for path in self._listing():
+                followed, size = self._files.get(path.stat().st_ino), path.stat().st_size
+                if followed is None or followed.size != size:  # not followed to its end: read it whole
+                    with path.open("rb") as f:
+                        followed = _FollowedFile(f, hashlib.file_digest(f, "sha256"), size)
+                files[path.relative_to(self.folder).as_posix()] = {
+                    "bytes": size,
+                    "sha256": followed.digest.hexdigest(),
+                }
+            return files
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+        for followed in self._files.values():
+            followed.file.close()
+
+
+@dataclass
+class _FollowedFile:
+    file: BinaryIO
+    digest: Any = field(default_factory=hashlib.sha256)
+    size: int = 0  # bytes read and hashed
 
 
 def first_damaged_file(checkpoint: Path) -> str | None:
@@ -220,7 +305,7 @@ def _size(num_bytes: int) -> str:
 
 # What save_state writes, by kind: plain files under DDP / one process, folders of shards under FSDP's sharded state.
 _ARTEFACTS = {  # how a missing one is named in the error: the patterns that would have found it
-    "model.safetensors or pytorch_model_fsdp_0/": ("model*.safetensors", "pytorch_model*.bin", "pytorch_model_fsdp_*"),
+    "pytorch_model.bin or pytorch_model_fsdp_0/": ("pytorch_model*.bin", "model*.safetensors", "pytorch_model_fsdp_*"),
     "optimizer.bin or optimizer_0/": ("optimizer*.bin", "optimizer_*"),
 }
 

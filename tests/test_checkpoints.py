@@ -1,6 +1,8 @@
 """Atomic checkpoints: rotation only after a complete save, verification, and the fallback past incomplete ones."""
 
 import errno
+import hashlib
+import json
 import logging
 import random
 import shutil
@@ -80,6 +82,25 @@ def test_the_loop_state_is_restored_whole_and_a_format_1_one_is_still_read(run, 
 def draws(rng: dict) -> tuple:
     restore_rng(rng)
     return random.random(), np.random.random(), torch.rand(1).item()
+
+
+def test_the_digests_taken_while_writing_are_the_files(run, tmp_path):
+    """Large enough (96 MB of weights, twice that of AdamW state) that the digests are read behind the writers."""
+    acc = run.accelerator
+    model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(2048, 2048)) for _ in range(6)])
+    model, optimizer = acc.prepare(model, torch.optim.AdamW(model.parameters()))
+    acc.backward(sum(p.sum() for p in model))
+    optimizer.step()
+    path = save_checkpoint(acc, tmp_path / "checkpoints", LoopState(step=1), total_limit=1)
+    files = json.loads((path / MARKER).read_text())["files"]
+    assert files["pytorch_model_1.bin"]["bytes"] > 90e6 and files["optimizer_1.bin"]["bytes"] > 190e6
+    assert sorted(files) == sorted(p.name for p in path.iterdir() if p.name != MARKER)
+    for name, recorded in files.items():
+        with (path / name).open("rb") as f:
+            assert recorded == {
+                "bytes": (path / name).stat().st_size,
+                "sha256": hashlib.file_digest(f, "sha256").hexdigest(),
+            }
 
 
 def test_resuming_with_another_process_count_is_refused(run, tmp_path):
@@ -168,7 +189,7 @@ def test_leftovers_of_an_interrupted_save_or_rotation_are_removed(run, tmp_path)
     assert sorted(p.name for p in root.iterdir()) == ["step_00000001", "step_00000004"]
 
 
-@pytest.mark.parametrize("dropped", ["random_states_0.pkl", "optimizer.bin", "model.safetensors"])
+@pytest.mark.parametrize("dropped", ["random_states_0.pkl", "optimizer.bin", "pytorch_model.bin"])
 def test_verification_refuses_a_checkpoint_missing_a_file(run, tmp_path, monkeypatch, dropped):
     """Accelerate only logs a missing RNG file at INFO level on load; the save must refuse it instead."""
     root = tmp_path / "checkpoints"

@@ -88,7 +88,7 @@ def uninterrupted(dropout_whisper_dir, tone_corpus, tmp_path_factory):
 
 def final_weights(out: Path) -> list[dict[str, torch.Tensor]]:
     last_checkpoint = out / "checkpoints" / f"step_{MAX_STEPS:08d}"
-    return [load_file(out / "model.safetensors"), load_file(last_checkpoint / "model.safetensors")]
+    return [load_file(out / "model.safetensors"), torch.load(last_checkpoint / "pytorch_model.bin", weights_only=True)]
 
 
 def fake_incomplete_checkpoints(checkpoints: Path, complete: Path) -> list[str]:
