@@ -16,8 +16,7 @@ PYTHON=${PYTHON:-python}
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
     out=${2:?usage: benchmarks/gpu_check.sh --cpu-smoke OUT_DIR}
     results="$out/RESULTS.md"
-    # B is left out here: tests/test_benchmarks_train.py runs it, and the 2 CPU cores are shared.
-    throughput=(--model test --batch_size 8,4 --checkpointed_batch_size 4 --steps 2 --warmup 1 --window 1 --configs A)
+    throughput=(--model test --batch_size 8,4 --checkpointed_batch_size 4 --steps 2 --warmup 1 --window 1 --configs A,B)
     launch_config=configs/cpu.yaml
     max_new_tokens=8
     phase_limit_s=300

@@ -116,7 +116,7 @@ def run_command(
 
 def run_ok(command: list[str], *, timeout_s: float, **kwargs) -> Finished:
     """`run_command`, failing the calling test with the log unless the command exited 0 in time and alone."""
-    import pytest  # here, so that benchmarks can use `run_command` without pytest installed
+    import pytest  # here, so that helpers outside a test can use `run_command` without pytest installed
 
     result = run_command(command, timeout_s=timeout_s, **kwargs)
     if result.timed_out:

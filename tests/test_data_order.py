@@ -185,6 +185,18 @@ def test_zip64_directories_are_read_like_zipfile_reads_them(tmp_path, monkeypatc
         )
 
 
+def test_a_zip64_end_record_counts_past_65535_entries(tmp_path):
+    """A real training ZIP holds ~250,000 entries: the plain end record can only say 65,535, the ZIP64 one the rest."""
+    path, count = tmp_path / "KsponSpeech_01.zip", 70_000
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(count):
+            z.writestr(f"KsponSpeech_01/KsponSpeech_0001/KsponSpeech_{i:06d}.pcm", b"\0\0" * (i % 3))
+    assert path.read_bytes()[-12:-10] == b"\xff\xff", "the plain end record counts them all: the test lost its point"
+    with zipfile.ZipFile(path) as z:
+        expected = [(i.filename, i.header_offset, i.file_size) for i in z.infolist()]
+    assert [(name, entry[0], entry[2]) for name, entry in archives._zip_members(str(path))] == expected
+
+
 def test_a_lying_size_is_caught_without_inflating_the_whole_member(tmp_path):
     """A member that declares 1,000 bytes but inflates to 50 MB: read at most what it declared, plus one byte."""
     path = tmp_path / "KsponSpeech_01.zip"

@@ -28,6 +28,7 @@ def test_cpu_smoke_runs_both_phases_and_writes_its_numbers(tmp_path):
     # Batch 8, then 4 with checkpointing: each list's largest size that fits (on a CPU, the first).
     assert re.search(r"\| A: this loop \| 8 \| False \| [\d.]+ \|", throughput), throughput
     assert re.search(r"\| A: this loop \| 4 \| True \| [\d.]+ \|", throughput), throughput
+    assert re.search(r"\| B: blog \(Seq2SeqTrainer\) \| 4 \| True \| [\d.]+ \|", throughput), throughput
     loop = results.split("## GPU check: the training loop", 1)[1]
     assert "device CPU" in loop and "mixed precision no" in loop
     assert re.search(r"^step 2 \| loss [\d.]+ ", loop, flags=re.MULTILINE), loop

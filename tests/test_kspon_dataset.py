@@ -137,6 +137,17 @@ def test_streaming_yields_exactly_the_prepared_examples(tone_corpus):
         assert streamed["train"].n_shards > 1
 
 
+def test_dataloader_workers_share_the_streamed_split_without_overlap(tone_corpus):
+    """A user's `DataLoader(streamed_split, num_workers=2)`: each worker reads its own shards, so together they yield
+    every example once."""
+    import torch
+
+    streamed = load(tone_corpus, streaming=True)["train"]
+    loader = torch.utils.data.DataLoader(streamed, batch_size=16, num_workers=2, collate_fn=lambda rows: rows)
+    ids = [row["id"] for batch in loader for row in batch]
+    assert len(ids) == len(set(ids)) and sorted(ids) == sorted(row["id"] for row in streamed)
+
+
 def test_num_proc_does_not_change_the_data(tone_corpus, tmp_path):
     one, two = prepare(tone_corpus, tmp_path / "a"), prepare(tone_corpus, tmp_path / "b", num_proc=2)
     for name in one:

@@ -1,7 +1,8 @@
 """Long-form transcription on the real Whisper base: a minute of known speech, one clip across the 30 s mark.
 
-The file is benchmarks/long_form.py's: 24 sample-corpus clips (espeak-ng voice) 1.25 s apart, 63.7 s, with
-KsponSpeech_372003 (음 그건 좀 생각해 볼게) spanning 29.03-30.97 s. It goes through transcribe.py as a user runs it.
+The file is tools/sample_audio.py's (benchmarks/long_form.py measures on it too): 24 sample-corpus clips (espeak-ng
+voice) 1.25 s apart, 63.7 s, with KsponSpeech_372003 (음 그건 좀 생각해 볼게) spanning 29.03-30.97 s. It goes
+through transcribe.py as a user runs it.
 
 Measured on it (2-core CPU, benchmarks/RESULTS.md "Long-form transcription"): the untouched base scores CER 0.461 with
 each clip decoded alone and 0.588 in long form; the old blind 30 s windows score 0.967, because decoded without
@@ -23,9 +24,9 @@ import pytest
 import soundfile as sf
 
 import transcribe
-from benchmarks.long_form import STRADDLER, build_long_audio, read_clips, substring_cer
 from kspon_whisper.inference import Transcriber, load_model
 from kspon_whisper.metrics import score
+from tools.sample_audio import LONG_CLIPS, STRADDLER, build_long_audio, sample_clips, substring_cer
 
 LONG_FORM_CER_MAX = 0.70  # measured 0.588; blind windows 0.967
 STRADDLER_FOUND_MAX = 0.50  # substring CER of its own hypothesis; measured 0.33; blind windows 1.0
@@ -34,7 +35,7 @@ TEST_OPTIONS = ["--logprob_threshold", "off", "--no_speech_threshold", "off"]  #
 
 @pytest.fixture(scope="module")
 def clips():
-    return read_clips()
+    return sample_clips(ids=LONG_CLIPS)
 
 
 @pytest.fixture(scope="module")

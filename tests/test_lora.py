@@ -19,7 +19,7 @@ from transformers import WhisperForConditionalGeneration
 
 import train_accelerate
 from kspon_whisper.lora import add_lora, card_sentence, merge_lora
-from kspon_whisper.random_whisper import whisper_config
+from kspon_whisper.random_whisper import ARCHITECTURES, whisper_config
 from tests.processes import TWO_CPU_ENV, run_ok, two_cpu_processes
 from train_accelerate import TrainConfig, Trainer, configure_model, load_model, parse_config
 
@@ -79,6 +79,25 @@ def test_adapters_sit_on_the_targets_and_are_all_that_trains(tiny_whisper_dir, m
     assert trainable and all(re.search(r"\.lora_[AB]\.default\.weight$", name) for name in trainable), trainable
     assert len(trainable) == 2 * len(adapted_modules(model))
     assert model.peft_config["default"].lora_alpha == 2 * RANK  # the default alpha
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+def test_large_v3_adapters_count_as_the_closed_form_says(mlp):
+    """On large-v3 itself (meta device: nothing allocated), the counts the README's LoRA table rests on
+    (benchmarks/lora_memory.py): every adapted Linear(in, out) adds rank x (in + out); the encoder has 4 projections a
+    layer, the decoder 8, and with MLP both stacks add fc1 and fc2."""
+    arch, rank = ARCHITECTURES["large-v3"], 16
+    with torch.device("meta"):
+        full = WhisperForConditionalGeneration(whisper_config("large-v3"))
+        total = sum(p.numel() for p in full.parameters())
+        assert sum(p.numel() for p in full.parameters() if p.requires_grad) == total - arch.d_model * 1500
+        lora = add_lora(WhisperForConditionalGeneration(whisper_config("large-v3")), rank, 2 * rank, mlp=mlp)
+    trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    attention = rank * (arch.d_model + arch.d_model) * arch.encoder_layers * (4 + 8)
+    mlp_adapters = rank * (arch.d_model + arch.ffn_dim) * 2 * arch.encoder_layers * 2
+    assert attention == 15_728_640 and arch.encoder_layers == arch.decoder_layers
+    assert trainable == attention + (mlp_adapters if mlp else 0)
+    assert sum(p.numel() for p in lora.parameters()) == total + trainable
 
 
 def test_lora_options_are_validated_early():

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 
 import transcribe
-from benchmarks.long_form import read_clips
 from kspon_whisper.inference import Segment, Transcript
 from kspon_whisper.metrics import score
 from tests.media import FORMATS, encode, encode_as
+from tools.sample_audio import sample_clips
 
 CLIP = Path(__file__).parent / "data" / "ko_greeting.wav"
 SEGMENTS = [Segment(1.23, 4.5, "안녕하세요"), Segment(59.9996, 3_723.0451, "반갑습니다")]
@@ -139,7 +139,7 @@ def test_cli_gives_compressed_audio_and_video_the_text_of_their_wav(offline_whis
     # video and an 8 kHz telephone WAV; with them a broken mp3 and a video without sound, which are named with the
     # reason while the others are transcribed.
     files = []
-    for uid, (_, samples) in read_clips(STABLE_CLIPS).items():
+    for uid, (_, samples) in sample_clips(ids=STABLE_CLIPS).items():
         (tmp_path / uid).mkdir()
         sf.write(tmp_path / uid / "talk.wav", samples, 16_000)
         files += [

@@ -36,7 +36,7 @@ def train_ids(tone_corpus: Path) -> list[str]:
 
 
 def two_process_command(model_dir: Path, corpus: Path, output_dir: Path, data_args: list[str]) -> list[str]:
-    """The training command of this test (benchmarks/exit_soak.py repeats it to count exit hangs)."""
+    """The training command of this test (benchmarks/exit_soak.py runs the same kind to count exit hangs)."""
     return LAUNCH + [
         "train_accelerate.py", *data_args,
         "--model_name_or_path", str(model_dir), "--data_dir", str(corpus), "--output_dir", str(output_dir),
