@@ -1,31 +1,21 @@
 """Data-pipeline benchmark: how fast KsponSpeech reaches the model, streamed, prepared, or unzipped the blog way.
 
     python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
+    python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
 
-On a synthetic corpus in AI Hub's exact ZIP layout (`kspon_dataset.sample_corpus`, tone voice) it measures the
-loading script (`load_kspon`, the `KsponSpeech` builder: datasets 3.6 and 5.x alike) streaming with the audio
-decoded, in one process and through a 2-worker DataLoader; `download_and_prepare` with num_proc 1 and 2; the blog
-route it replaces (extract every ZIP, one WAV per utterance, JSON manifests, the blog's split) and the floor under
-any route from the ZIPs; then the trainer's own DataLoader (`load_splits` -> `speech_batcher` -> `make_dataloader`,
-in the training order) with log-mel in the workers (80 and 128 mels) or deferred to the GPU. The corpus at its real
-size (622,545 utterances): `benchmarks/full_scale.py`.
-
-Every phase runs in a fresh Python process, so its peak RSS is its own and no ZIP index, lazy import or page of
-decoded audio carries over from the phase before. All caches live in the work dir; nothing reaches the network.
+On a synthetic corpus in AI Hub's ZIP layout (`kspon_dataset.sample_corpus`, tone voice): the loading script
+streaming with the audio decoded, in one process and through a 2-worker DataLoader; `download_and_prepare` with
+num_proc 1 and 2; the blog route (extract every ZIP, one WAV per utterance, JSON manifests) and the floor under any
+route from the ZIPs; the trainer's own DataLoader with log-mel in the workers (80, 128 mels) or on the GPU. Each phase
+runs in a fresh process (`harness.run_fresh`), offline. The corpus at its real size: `benchmarks/full_scale.py`.
 """
 
 import argparse
-import contextlib
-import importlib.metadata
 import itertools
 import json
 import os
-import platform
-import re
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,26 +23,18 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import psutil
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/data_pipeline.py`, the repo packages are not installed
 
+from benchmarks.harness import markdown_table, offline_env, publish, run_fresh, section_head  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE, eval_split_of, pcm_samples, utterance_split  # noqa: E402
 
-RESULTS_FILE = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Data pipeline"
 BATCH_SIZE = 16  # the trainer's per_device_batch_size default
 SEED = 42  # the trainer's default seed: the same order as a real first epoch
 MIB = 2**20
-RSS_HEADER = "peak RSS MiB main / all"
-DATASET_HEADER = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", RSS_HEADER]
-LOADER_HEADER = ["audio_mode", "mels", "workers", "samples timed", "samples/s", "per worker", "startup s", RSS_HEADER]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Phases: each runs in its own process (`run_child`) and returns a JSON-able dict
 
 
 def audio_samples(audio) -> int:
@@ -113,8 +95,12 @@ def phase_prepare(spec: dict) -> dict:
     builder.download_and_prepare(num_proc=spec["num_proc"])
     seconds = time.perf_counter() - start
     splits = {name: split.num_examples for name, split in builder.info.splits.items()}
-    size = tree_bytes(spec["cache_dir"])
-    return {"seconds": seconds, "examples": sum(splits.values()), "splits": splits, "bytes": size}
+    return {
+        "seconds": seconds,
+        "examples": sum(splits.values()),
+        "splits": splits,
+        "bytes": tree_bytes(spec["cache_dir"]),
+    }
 
 
 def phase_inflate(spec: dict) -> dict:
@@ -157,8 +143,8 @@ def phase_unzip(spec: dict) -> dict:
 
 
 def phase_loader(spec: dict) -> dict:
-    """The trainer's training DataLoader, wired as `Trainer.__init__` wires it; samples/s over `timed_batches`
-    after `warmup_batches` that absorb worker start-up."""
+    """The trainer's training DataLoader, wired as the trainer wires it; samples/s over `timed_batches` after
+    `warmup_batches` that absorb worker start-up."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperProcessor
 
     from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher
@@ -183,77 +169,26 @@ def phase_loader(spec: dict) -> dict:
     return {"startup_s": startup_s, "batches": len(sizes), "examples": sum(sizes), "seconds": seconds}
 
 
-def run_child(phase: str, spec: dict, result_path: str) -> None:
-    """Entry point of a phase process: quiet libraries, run the phase, add this process's own peak RSS."""
-    import datasets
-
-    datasets.logging.set_verbosity_error()  # the 2 deliberately bad clips would log a warning per shard and split
-    datasets.disable_progress_bars()
-    result = globals()[f"phase_{phase}"](spec)
-    # VmHWM, not getrusage: Linux carries ru_maxrss over exec, so a phase would report the peak of its parent, which
-    # held the generated corpus. VmHWM belongs to the new address space.
-    result["rss_self_mib"] = int(re.search(r"VmHWM:\s*(\d+)", Path("/proc/self/status").read_text())[1]) / 1024
-    Path(result_path).write_text(json.dumps(result))
-
-
 def tree_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The parent: one process per phase, sampling the RSS of its whole process tree
-
-
-def run_phase(phase: str, spec: dict, env: dict[str, str]) -> dict:
-    with tempfile.TemporaryDirectory(prefix="kspon-phase-") as scratch:
-        result_path = os.path.join(scratch, "result.json")
-        command = [sys.executable, __file__, "--_phase", phase, "--_spec", json.dumps(spec), "--_result", result_path]
-        load_before = os.getloadavg()[0]
-        process = subprocess.Popen(command, env=env)
-        root, tree_peak = psutil.Process(process.pid), 0
-        while process.poll() is None:
-            with contextlib.suppress(psutil.Error):  # a process may exit between listing and reading: skip the sample
-                tree_peak = max(tree_peak, sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
-            time.sleep(0.05)
-        if process.returncode != 0:
-            raise RuntimeError(f"phase {phase} failed (exit {process.returncode}); its output is above")
-        result = json.loads(Path(result_path).read_text())
-    # Sampling can miss a short spike, the kernel's own maximum cannot; summed RSS counts shared pages per process.
-    result["rss_tree_mib"] = max(tree_peak / MIB, result["rss_self_mib"])
-    result["load_avg"] = [load_before, os.getloadavg()[0]]
-    return result
-
-
-def phase_env(workdir: Path) -> dict[str, str]:
-    return os.environ | {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_DATASETS_CACHE": str(workdir / "hf" / "datasets"),
-        "HF_MODULES_CACHE": str(workdir / "hf" / "modules"),
-        "TOKENIZERS_PARALLELISM": "false",  # the tokenizer runs in forked DataLoader workers
-        "PYTHONWARNINGS": "ignore::FutureWarning,ignore:'set_vital' is deprecated:UserWarning",  # library noise
-    }
 
 
 def run_all(args: argparse.Namespace, workdir: Path) -> dict:
     from kspon_dataset.sample_corpus import write_corpus
     from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # tools/ is not installed
 
-    corpus, env = workdir / "corpus", phase_env(workdir)
+    corpus, env = workdir / "corpus", offline_env(workdir)
     print(f"writing a {args.num_utterances:,}-utterance corpus (tone voice) to {corpus} ...", flush=True)
     start = time.perf_counter()
     summary = write_corpus(corpus, num_utterances=args.num_utterances, voice="tone", seed=0)
-    seconds = time.perf_counter() - start
-    print(f"  {summary.format()}\n  took {seconds:.1f} s", flush=True)
-    info = {"num_utterances": args.num_utterances, "seconds": seconds, "audio_s": summary.audio_seconds}
-    results = {"corpus": info | {"zip_bytes": summary.total_bytes}, "dataset": {}, "loader": []}
+    info = {"num_utterances": args.num_utterances, "seconds": time.perf_counter() - start}
+    results = {"corpus": info | {"audio_s": summary.audio_seconds, "zip_bytes": summary.total_bytes}, "loader": []}
 
     def run(name: str, title: str, **spec) -> dict:
         print(title, flush=True)
-        return run_phase(name, {"corpus": str(corpus), **spec}, env)
+        return run_fresh("data_pipeline", name, {"corpus": str(corpus), **spec}, env)
 
-    dataset = results["dataset"]
+    dataset = results["dataset"] = {}
     title = "[stream] load_dataset(streaming=True)['train'], 1 process, audio decoded"
     dataset["stream"] = run("stream", title, passes=args.passes, workers=0)
     title = "[stream_dataloader] the same through torch DataLoader, 2 workers, batch 16"
@@ -267,7 +202,6 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict:
     dataset["unzip"] = run("unzip", title, out_dir=str(workdir / "unzipped"))
     shutil.rmtree(workdir / "unzipped", ignore_errors=True)
     dataset["inflate"] = run("inflate", "[inflate] floor for any route from the ZIPs: read every member, keep nothing")
-
     model_dir = str(build_offline_whisper(DEFAULT_OUTPUT_DIR))
     modes = (("features", 80), ("features", 128), ("waveform", 80))
     for (audio_mode, n_mels), workers in itertools.product(modes, args.loader_workers):
@@ -276,10 +210,6 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict:
         spec |= {"warmup_batches": max(2, workers), "timed_batches": args.loader_batches}
         results["loader"].append(spec | run("loader", title, **spec))
     return results
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Report
 
 
 def rate(run: dict) -> float:
@@ -301,6 +231,10 @@ def dataset_report(results: dict) -> list[str]:
     stream, dataloader, unzip, inflate = (results[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
     warm, loaded = median_run(stream["warm"]), median_run(dataloader["warm"])
     cores, steady = min(2, os.cpu_count() or 1), loaded["steady"]
+    prepared = [results[f"prepare_np{n}"] for n in (1, 2)]
+    blog = f"blog route: extract {unzip['extract_s']:.1f} s + WAVs {unzip['wav_s']:.1f} s + manifests "
+    blog += f"{unzip['manifest_s']:.1f} s, {unzip['bytes'] / MIB:,.0f} MiB on disk"
+    floor = f"floor: inflate all {inflate['examples']:,} ZIP members ({inflate['bytes'] / MIB:,.0f} MiB), no output"
     epoch = f"streaming, DataLoader 2 workers x batch 16, whole epoch incl. worker start, median of {loaded['of']}"
     rows = [  # (label, timed run, cores it may use, the phase whose RSS it reports)
         ("streaming, 1 process, first pass (builds ZIP index, lazy imports)", stream["cold"], 1, stream),
@@ -308,148 +242,70 @@ def dataset_report(results: dict) -> list[str]:
         (epoch, loaded, cores, dataloader),
         ("the same epoch from its first batch on (workers running)", steady, cores, dataloader),
     ]
-    for num_proc in (1, 2):
-        run = results[f"prepare_np{num_proc}"]
-        label = f"download_and_prepare(num_proc={num_proc}), all splits, {run['bytes'] / MIB:,.0f} MiB Arrow"
-        rows.append((label, run, min(num_proc, cores), run))
-    label = f"blog route: extract {unzip['extract_s']:.1f} s + WAVs {unzip['wav_s']:.1f} s + manifests "
-    rows.append((label + f"{unzip['manifest_s']:.1f} s, {unzip['bytes'] / MIB:,.0f} MiB on disk", unzip, 1, unzip))
-    label = f"floor: inflate all {inflate['examples']:,} ZIP members ({inflate['bytes'] / MIB:,.0f} MiB), no output"
-    rows.append((label, inflate | {"examples": unzip["examples"]}, 1, inflate))
-    table = []
-    for label, run, n_cores, phase in rows:
-        audio = f"{run['audio_s'] / run['seconds']:,.0f}" if "audio_s" in run else "-"
-        timed = [f"{run['examples']:,}", f"{run['seconds']:.2f}", f"{rate(run):,.0f}", f"{rate(run) / n_cores:,.0f}"]
-        table.append([label, *timed, audio, rss(phase)])
-    lines = [markdown_table(DATASET_HEADER, table), ""]
+    for n, run in enumerate(prepared, 1):
+        label = f"download_and_prepare(num_proc={n}), all splits, {run['bytes'] / MIB:,.0f} MiB Arrow"
+        rows.append((label, run, min(n, cores), run))
+    rows += [(blog, unzip, 1, unzip), (floor, inflate | {"examples": unzip["examples"]}, 1, inflate)]
+    table = [
+        [label, f"{run['examples']:,}", f"{run['seconds']:.2f}", f"{rate(run):,.0f}", f"{rate(run) / n:,.0f}"]
+        + [f"{run['audio_s'] / run['seconds']:,.0f}" if "audio_s" in run else "-", rss(phase)]
+        for label, run, n, phase in rows
+    ]
+    header = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", "peak RSS MiB main / all"]
+    ratios = "; ".join(f"num_proc={n}: {unzip['seconds'] / r['seconds']:.2f}x" for n, r in enumerate(prepared, 1))
+    lines = [markdown_table(header, table), ""]
     lines.append(
         f"- Streaming, 1 process: **{rate(warm):,.0f} utt/s per core** (goal >= 1,000). Through 2 DataLoader "
         f"workers: {rate(loaded):,.0f} utt/s over a whole epoch ({rate(loaded) / cores:,.0f} per core), "
         f"{rate(steady):,.0f} utt/s ({rate(steady) / cores:,.0f} per core) once the workers run."
     )
-    for num_proc in (1, 2):
-        prepare_s = results[f"prepare_np{num_proc}"]["seconds"]
-        lines.append(
-            f"- Blog route / prepared route (num_proc={num_proc}): {unzip['seconds']:.1f} s / {prepare_s:.1f} s = "
-            f"**{unzip['seconds'] / prepare_s:.2f}x** (goal >= 10x)."
-        )
     lines.append(
-        f"- Any route from the ZIPs must at least inflate them: {inflate['seconds']:.1f} s in one process, so on this "
-        "corpus a single-process prepared route cannot make the ratio exceed "
-        f"{unzip['seconds'] / inflate['seconds']:.1f}x (two processes at best double that)."
+        f"- Blog route / prepared route: **{ratios}** (goal >= 10x). Any route from the ZIPs must at least inflate "
+        f"them ({inflate['seconds']:.1f} s in one process): a single-process route cannot exceed "
+        f"{unzip['seconds'] / inflate['seconds']:.1f}x here."
     )
     lines.append(
-        f"- Streaming needs no preparation at all: load_dataset returned in {stream['setup_s']:.1f} s and the first "
-        f"decoded example arrived {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call; the blog "
-        f"route needs {unzip['seconds']:.1f} s before its first."
+        f"- Streaming needs no preparation: load_dataset returned in {stream['setup_s']:.1f} s and the first decoded "
+        f"example arrived {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call; the blog route needs "
+        f"{unzip['seconds']:.1f} s before its first."
     )
     return lines
 
 
-def loader_table(runs: list[dict]) -> str:
-    rows = []
-    for run in runs:
-        mels = str(run["n_mels"]) if run["audio_mode"] == "features" else "- (on GPU)"
-        timed = [f"{run['examples']:,} ({run['batches']} batches)", f"{rate(run):,.1f}"]
-        timed += [f"{rate(run) / max(run['workers'], 1):,.1f}", f"{run['startup_s']:.1f}"]
-        rows.append([run["audio_mode"], mels, str(run["workers"]), *timed, rss(run)])
-    return markdown_table(LOADER_HEADER, rows)
-
-
-def machine_lines(results: dict, command: str) -> list[str]:
-    corpus = results["corpus"]
-    loads = [load for phase in [*results["dataset"].values(), *results["loader"]] for load in phase["load_avg"]]
-    names = ("datasets", "torch", "transformers", "torchdata", "numpy", "pyarrow", "soundfile")
-    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in names)
-    machine = f"{os.cpu_count()} cores ({cpu_model()}), {psutil.virtual_memory().total / 2**30:.1f} GiB RAM"
-    lines = [f"- Command: `{command}`"]
-    lines.append(
-        f"- Machine: {machine}, {platform.platform()}; shared with other engineers' test runs: the 1-minute load "
-        f"average read {min(loads):.1f} to {max(loads):.1f} at the starts and ends of the phases (this run itself "
-        "keeps 1 to 2 cores busy)."
+def format_section(results: dict, argv: list[str]) -> str:
+    corpus, loader = results["corpus"], results["loader"]
+    loads = [load for phase in [*results["dataset"].values(), *loader] for load in phase["load_avg"]]
+    rows = [
+        [run["audio_mode"], run["n_mels"] if run["audio_mode"] == "features" else "- (on GPU)", run["workers"]]
+        + [f"{run['examples']:,} ({run['batches']} batches)", f"{rate(run):,.1f}"]
+        + [f"{rate(run) / max(run['workers'], 1):,.1f}", f"{run['startup_s']:.1f}", rss(run)]
+        for run in loader
+    ]
+    header = ["audio_mode", "mels", "workers", "samples timed", "samples/s", "per worker", "startup s"]
+    head = section_head(SECTION, __file__, argv, "torchdata", "numpy", "pyarrow", "soundfile")
+    head += (
+        f"- Load: the 1-minute load average read {min(loads):.1f} to {max(loads):.1f} at the starts and ends of the "
+        f"phases. Corpus: {corpus['num_utterances']:,} utterances, {corpus['audio_s'] / 3600:.1f} h of tone audio "
+        f"({corpus['audio_s'] / corpus['num_utterances']:.2f} s per clip), {corpus['zip_bytes'] / MIB:,.0f} MiB of "
+        f"ZIPs, generated in {corpus['seconds']:.0f} s."
     )
-    lines.append(f"- Versions: Python {platform.python_version()}, {versions}.")
-    lines.append(
-        f"- Corpus: {corpus['num_utterances']:,} utterances, {corpus['audio_s'] / 3600:.1f} h of tone audio "
-        f"({corpus['audio_s'] / corpus['num_utterances']:.2f} s per clip; real KsponSpeech averages ~5.6 s), "
-        f"{corpus['zip_bytes'] / MIB:,.0f} MiB of ZIPs, generated in {corpus['seconds']:.0f} s. Every route reads "
-        "the ZIPs from the page cache; no route fsyncs what it writes."
-    )
-    return lines
+    parts = [head, "", "### Loading script", "", *dataset_report(results["dataset"]), "", "### Training DataLoader"]
+    return "\n".join([*parts, "", markdown_table([*header, "peak RSS MiB main / all"], rows)]) + "\n"
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def format_section(results: dict, command: str) -> str:
-    parts = [SECTION, "", *machine_lines(results, command), "", "### Loading script", ""]
-    parts += [*dataset_report(results["dataset"]), "", "### Training DataLoader", "", loader_table(results["loader"])]
-    parts.append(
-        "\nThe training order (a per-epoch permutation), batch 16, as `Trainer` builds it; samples/s over the "
-        "timed batches after warm-up batches that absorb worker start-up ('startup s' is the time to those). "
-        f"N = os.cpu_count() = {os.cpu_count()} workers.\n"
-    )
-    parts.append(
-        "Peak RSS: 'main' is the phase process's own maximum (VmHWM); 'all' adds its workers, sampled every "
-        "50 ms and summed, so pages a forked worker shares with its parent count twice."
-    )
-    return "\n".join(parts) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the section of RESULTS.md headed by the section's first line (up to the next `## ` heading), or
-    append it; the other sections stay as they are. Shared with the other benchmarks."""
-    heading = section.split("\n", 1)[0]
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(heading + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
-
-
-def main(argv: list[str] | None = None) -> dict | None:
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--num_utterances", type=int, default=20_000, help="corpus size")
-    parser.add_argument("--workdir", type=Path, help="scratch folder, emptied afterwards (default: a temporary one)")
+    parser.add_argument("--workdir", type=Path, help="where the scratch folder goes (default: the system's temp)")
     parser.add_argument("--passes", type=int, default=3, help="timed streaming passes (plus one cold pass)")
     parser.add_argument("--loader_batches", type=int, default=48, help="timed batches per loader configuration")
     workers = sorted({1, 2, os.cpu_count() or 1})  # the trainer's DataLoader is timed with each count
     parser.add_argument("--loader_workers", type=lambda s: sorted({int(n) for n in s.split(",")}), default=workers)
     parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
-    parser.add_argument("--results_file", type=Path, default=RESULTS_FILE)
-    for hidden in ("--_phase", "--_spec", "--_result"):  # how the parent starts a phase process
-        parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args._phase:
-        run_child(args._phase, json.loads(args._spec), args._result)
-        return None
-    created = args.workdir is None or not args.workdir.exists()
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="kspon-bench-"))).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        results = run_all(args, workdir)
-    finally:  # a folder the user gave keeps what it held before
-        for path in [workdir] if created else [workdir / "hf", workdir / "corpus"]:
-            shutil.rmtree(path, ignore_errors=True)
-    section = format_section(results, "python benchmarks/data_pipeline.py " + shlex.join(argv))
-    print("\n" + section)
-    if args.write_results:
-        write_section(args.results_file, section)
-        print(f"updated the '{SECTION}' section of {args.results_file}")
+    with tempfile.TemporaryDirectory(prefix="kspon-bench-", dir=args.workdir) as workdir:
+        results = run_all(args, Path(workdir).resolve())
+    publish(format_section(results, argv), args.write_results)
     return results
 
 

@@ -1,18 +1,18 @@
-"""How often does a two-process CPU (gloo) training run fail to exit? The two-process test's command, N times.
+"""How often does a two-process CPU (gloo) training run fail to exit? The same short training, N times.
 
-    python benchmarks/exit_soak.py --runs 20                      # this checkout
-    python benchmarks/exit_soak.py --runs 20 --repo /tmp/old      # another checkout of the project, same command
+    python benchmarks/exit_soak.py --runs 20   # ~15 min on 2 cores
 
-Each run must exit 0 within --timeout_s; a run past it is counted as a hang, its whole process tree is killed (see
-tests/processes.py) and the last lines of its log, with every process's Python stacks at the kill, are printed.
-The tiny random Whisper and the 60-utterance tone corpus are built in a temporary folder, as the tests build them.
+Each run is tests/test_two_process.py's kind of command: `accelerate launch --multi_gpu --num_processes 2` with
+ACCELERATE_USE_CPU=true, `train_accelerate.py` on a tiny random Whisper and the 60-utterance tone corpus (built in a
+temporary folder, as the tests build them), alternating a streaming run (`--max_steps 7`) and a map-style one
+(`--num_epochs 1`). A run must exit 0 within --timeout_s; past it, it counts as a hang, its whole process tree gets
+SIGABRT (Python prints every thread's stack into the log), then SIGKILL, and the end of its log is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -20,11 +20,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.harness import machine_line, run_process  # noqa: E402
 from kspon_dataset.sample_corpus import write_corpus  # noqa: E402
 from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
-from tests.processes import run_command  # noqa: E402
-from tests.test_two_process import DATA_ARGS, ENV, two_process_command  # noqa: E402
 from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+LAUNCH += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+TRAIN = ["--per_device_batch_size", "4", "--num_workers", "0", "--learning_rate", "1e-3", "--warmup_steps", "1"]
+TRAIN += ["--gradient_checkpointing", "false", "--log_every", "1", "--eval_every", "0", "--save_every", "0"]
+TRAIN += ["--final_eval_splits", "test", "--generation_max_new_tokens", "2", "--report_to", "none"]
+DATA_ARGS = {
+    "streaming": ["--streaming", "true", "--max_steps", "7"],
+    "map-style": ["--streaming", "false", "--num_epochs", "1", "--gradient_accumulation_steps", "2"],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,31 +41,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--timeout_s", type=float, default=240.0, help="the two-process test's own timeout")
     parser.add_argument("--mode", choices=[*DATA_ARGS, "both"], default="both", help="alternate both by default")
-    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose train_accelerate.py runs")
     args = parser.parse_args(argv)
     modes = list(DATA_ARGS) if args.mode == "both" else [args.mode]
-    print(f"{args.runs} runs of tests/test_two_process.py's command in {args.repo} ({', '.join(modes)}); "
-          f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")  # fmt: skip
+    print(f"{args.runs} two-process runs ({', '.join(modes)})\n{machine_line('accelerate')}", flush=True)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="exit-soak-") as work:
         work = Path(work)
         model_dir = save_random_whisper("test", build_offline_whisper(DEFAULT_OUTPUT_DIR), work / "tiny_whisper")
         corpus = work / "tone_corpus"
         write_corpus(corpus, num_utterances=60, voice="tone", seed=0)
+        env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+        env |= {"HF_DATASETS_CACHE": str(work / "datasets"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
         for run in range(args.runs):
-            mode = modes[run % len(modes)]
-            command = two_process_command(model_dir, corpus, work / f"out{run}", DATA_ARGS[mode])
-            env = dict(ENV, HF_DATASETS_CACHE=str(work / "datasets"), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
-            result = run_command(command, timeout_s=args.timeout_s, cwd=args.repo, env=env)
-            outcome = "hung" if result.timed_out else f"exit {result.returncode}"
-            if result.leftovers:
-                outcome += f", {result.leftovers} process(es) left running"
-            outcomes.append(outcome)
-            print(f"run {run + 1:2d} ({mode}): {outcome} after {result.seconds:.1f} s", flush=True)
-            if outcome != "exit 0":
-                print(result.log_tail(6000), flush=True)
-    hung = outcomes.count("hung")
-    clean = outcomes.count("exit 0")
+            mode, log_path = modes[run % len(modes)], work / f"run{run}.log"
+            command = [*LAUNCH, "train_accelerate.py", *DATA_ARGS[mode], *TRAIN, "--model_name_or_path"]
+            command += [str(model_dir), "--data_dir", str(corpus), "--output_dir", str(work / f"out{run}")]
+            with log_path.open("w") as log:
+                code, seconds, _ = run_process(command, timeout_s=args.timeout_s, env=env, log=log)
+            outcomes.append("hung" if code is None else f"exit {code}")
+            print(f"run {run + 1:2d} ({mode}): {outcomes[-1]} after {seconds:.1f} s", flush=True)
+            if outcomes[-1] != "exit 0":
+                print(log_path.read_text(errors="replace")[-6000:], flush=True)
+    hung, clean = outcomes.count("hung"), outcomes.count("exit 0")
     print(f"summary: {clean} of {args.runs} exited 0 in time, {hung} hung, {args.runs - clean - hung} failed")
     return 0 if clean == args.runs else 1
 

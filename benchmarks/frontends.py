@@ -30,17 +30,15 @@ from transformers import WhisperFeatureExtractor
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the repo need not be installed
 
-from benchmarks.data_pipeline import cpu_model, markdown_table, write_section  # noqa: E402
-from kspon_dataset.corpus import read_utterance  # noqa: E402
+from benchmarks.harness import cpu_model, markdown_table, write_section  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.collator import WhisperCollator  # noqa: E402
-from kspon_whisper.data import DeviceInputs, load_splits  # noqa: E402
+from kspon_whisper.data import DeviceInputs  # noqa: E402
 from kspon_whisper.export import export_ct2  # noqa: E402
 from kspon_whisper.inference import LANGUAGE  # noqa: E402
 from kspon_whisper.metrics import normalize_for_scoring, score  # noqa: E402
+from tools.sample_audio import sample_clips  # noqa: E402
 
-SAMPLE = REPO / "kspon_dataset" / "sample"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## faster-whisper on audio as given: the two front-ends"
 SPLITS = ("test", "eval_clean")
 # (export quantization, faster-whisper compute type): float16 weights run in float32 on a CPU
@@ -62,13 +60,7 @@ def fine_tune(probability: float, seed: int, runs: Path) -> Path:
 
 
 def held_out_clips() -> list[tuple[str, np.ndarray]]:
-    splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
-    clips = []
-    for name in SPLITS:
-        for i in range(len(splits[name])):
-            example, _ = read_utterance(splits[name].data, i, "spelling")
-            clips.append((example["id"], to_dtype(np.frombuffer(example["pcm"], "<i2"), "float32")))
-    return clips
+    return [(uid, to_dtype(pcm, "float32")) for uid, (_, pcm) in sample_clips(SPLITS).items()]
 
 
 def transformers_texts(output_dir: Path) -> dict[str, tuple[str, str]]:
@@ -196,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     section = format_section(results, command, git.stdout.strip())
     print(section)
     if args.write_results:
-        write_section(RESULTS, section)
+        write_section(section)
     return results
 
 

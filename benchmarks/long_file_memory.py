@@ -27,16 +27,11 @@ import soundfile
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.data_pipeline import write_section  # noqa: E402
-from benchmarks.full_scale import machine_line  # noqa: E402
+from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
 from kspon_whisper.audio import read_audio  # noqa: E402
 from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
 
-RESULTS_FILE = REPO / "benchmarks" / "RESULTS.md"
-# Measured once at commit 23add55 (read whole, librosa resampling, one STFT over the file) on the same machine with
-# `/usr/bin/time -f %M python transcribe.py --model <this model> --max_new_tokens 4 <the 30-minute file>`.
-BEFORE = "Before block reading and 30 s log-mel chunks (commit 23add55) the 30-minute file peaked at 1,789 MiB."
 SECTION = "## Memory of a long file in transcribe.py"
 SOURCE_RATE = 44_100
 
@@ -85,29 +80,14 @@ def main(argv: list[str] | None = None) -> None:
         long_mb, long_s = transcribe_peak(model_dir, long)
         traced_mb, samples_mb = read_peak(long)
     waveform_mb = args.minutes * 60 * SAMPLE_RATE * 4 / 2**20
-    command = "python benchmarks/long_file_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     extra_mb = long_mb - short_mb
     difference = f"{extra_mb:,.0f} MiB = {extra_mb / waveform_mb:.1f} x the {waveform_mb:,.0f} MiB 16 kHz waveform"
-    reader = f"traced peak {traced_mb:,.0f} MiB for a {samples_mb:,.0f} MiB result"
-    section = "\n".join(
-        [
-            SECTION,
-            "",
-            f"- Command: `{command.strip()}`",
-            machine_line(),
-            "",
-            "| transcribe.py on | peak resident memory | time |",
-            "|---|---|---|",
-            f"| 12 s, 44.1 kHz stereo | {short_mb:,.0f} MiB | {short_s:.0f} s |",
-            f"| {args.minutes} min, 44.1 kHz stereo | {long_mb:,.0f} MiB | {long_s:.0f} s |",
-            f"| the difference | {difference} | |",
-            "",
-            f"`read_audio` alone on the {args.minutes}-minute file: {reader}. {BEFORE}",
-        ]
-    )
-    print(section)
-    if args.write_results:
-        write_section(RESULTS_FILE, section)
+    reader = f"`read_audio` alone on the {args.minutes}-minute file: traced peak {traced_mb:,.0f} MiB for a "
+    reader += f"{samples_mb:,.0f} MiB result.\n"
+    rows = [["12 s, 44.1 kHz stereo", f"{short_mb:,.0f} MiB", f"{short_s:.0f} s"], ["the difference", difference, ""]]
+    rows.insert(1, [f"{args.minutes} min, 44.1 kHz stereo", f"{long_mb:,.0f} MiB", f"{long_s:.0f} s"])
+    table = markdown_table(["transcribe.py on", "peak resident memory", "time"], rows)
+    publish(f"{section_head(SECTION, __file__, argv)}\n{table}\n\n{reader}", args.write_results)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks.train_throughput import environment, write_results
+from benchmarks.harness import machine_line, write_section
+from benchmarks.train_throughput import device
 
 HEADING = "## GPU check: the training loop"
 
@@ -25,7 +26,7 @@ def section(loop_dir: Path, log: str, seconds: int, config: str) -> str:
             f"for 2 steps on the embedded sample corpus (mixed precision {precision}), then the final save and "
             "evaluation."
         ),
-        f"- {environment()}.",
+        machine_line(device=device()),
         f"- Wall time of the launch: {seconds} s (model load, 2 steps, checkpoint, save, evaluation).",
         "",
         "```",
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--results", type=Path, required=True, help="the RESULTS.md to update")
     args = parser.parse_args(argv)
     text = section(args.loop_dir, args.log.read_text(), args.seconds, args.config)
-    write_results(text, args.results)
+    write_section(text + "\n", args.results)
     print(text)
     return text
 

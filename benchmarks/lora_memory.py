@@ -18,22 +18,21 @@
 from __future__ import annotations
 
 import argparse
-import platform
-import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import peft
 import torch
-import transformers
 from transformers import WhisperForConditionalGeneration
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/lora_memory.py`
+
+from benchmarks.harness import markdown_table, publish, section_head
 from kspon_whisper.lora import add_lora
 from kspon_whisper.random_whisper import ARCHITECTURES, whisper_config
 from train_accelerate import TrainConfig
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## LoRA memory (large-v3, arithmetic)"
 GiB = 2**30
 CARDS_GIB = (24, 48, 80)
@@ -59,10 +58,8 @@ class Setup:
         return add_lora(model, self.rank, 2 * self.rank, self.dropout, self.mlp) if self.rank else model
 
 
-HEADER = (
-    "| setup | trainable | fp32 weights GiB | fp32 grads GiB | AdamW GiB | weights + grads + AdamW GiB "
-    "| bf16 weight copies GiB, no ckpt / ckpt | activations GiB per sample, no ckpt / ckpt (est.) |"
-)
+HEADER = ["setup", "trainable", "fp32 weights GiB", "fp32 grads GiB", "AdamW GiB", "weights + grads + AdamW GiB"]
+HEADER += ["bf16 weight copies GiB, no ckpt / ckpt", "activations GiB per sample, no ckpt / ckpt (est.)"]
 SETUPS = [Setup(0)] + [Setup(rank, mlp) for mlp in (False, True) for rank in (8, 16, 32)] + [Setup(16, True, 0.05)]
 
 
@@ -167,73 +164,29 @@ def report(label_tokens: int) -> str:
         params, acts = parameter_bytes(setup), activation_bytes(setup, label_tokens)
         static = params["weights"] + params["gradients"] + params["adamw"]
         print(f"{setup.name}: {params['trainable'] / 1e6:.1f}M trainable, {static / GiB:.2f} GiB static", flush=True)
-        rows.append(
-            f"| {setup.name} | {params['trainable'] / 1e6:,.1f}M ({100 * params['trainable'] / params['total']:.2f} %)"
-            f" | {params['weights'] / GiB:.2f} | {params['gradients'] / GiB:.2f} | {params['adamw'] / GiB:.2f} | "
-            f"**{static / GiB:.2f}** | {acts['copies'] / GiB:.2f} / {acts['copies_checkpointed'] / GiB:.2f} | "
-            f"{acts['per_sample'] / GiB:.2f} / {acts['per_sample_checkpointed'] / GiB:.2f} |"
-        )
-        batches = [
-            largest_batch(card, static + acts[copies], acts[per_sample])
+        gib = [f"{params[key] / GiB:.2f}" for key in ("weights", "gradients", "adamw")] + [f"**{static / GiB:.2f}**"]
+        trainable = f"{params['trainable'] / 1e6:,.1f}M ({100 * params['trainable'] / params['total']:.2f} %)"
+        pairs = [(acts[a] / GiB, acts[f"{a}_checkpointed"] / GiB) for a in ("copies", "per_sample")]
+        rows.append([setup.name, trainable, *gib, *(f"{plain:.2f} / {ckpt:.2f}" for plain, ckpt in pairs)])
+        fits.append([setup.name])
+        fits[-1] += [
+            largest_batch(card, static + acts[f"copies{c}"], acts[f"per_sample{c}"])
             for card in CARDS_GIB
-            for copies, per_sample in (("copies", "per_sample"), ("copies_checkpointed", "per_sample_checkpointed"))
+            for c in ("", "_checkpointed")
         ]
-        fits.append(f"| {setup.name} | " + " | ".join(map(str, batches)) + " |")
-    card_header = " | ".join(f"{card} GB | {card} GB ckpt" for card in CARDS_GIB)
-    return "\n".join(
-        [
-            HEADER,
-            "|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-            f"Largest per-device batch by this arithmetic ({HEADROOM:.0%} of the card kept free; ckpt: checkpointed):",
-            "",
-            f"| setup | {card_header} |",
-            "|---|" + "---|" * 2 * len(CARDS_GIB),
-            *fits,
-        ]
-    )
+    cards = [f"{card} GB{ckpt}" for card in CARDS_GIB for ckpt in ("", " ckpt")]
+    free = f"Largest per-device batch by this arithmetic ({HEADROOM:.0%} of the card kept free; ckpt: checkpointed):"
+    return "\n".join([markdown_table(HEADER, rows), "", free, "", markdown_table(["setup", *cards], fits)])
 
 
-def write_results(body: str, command: str, label_tokens: int) -> None:
-    section = "\n".join(
-        [
-            SECTION,
-            "",
-            f"- Command: `{command}`",
-            f"- Machine: {platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
-            + f"transformers {transformers.__version__}, peft {peft.__version__}.",
-            "- **No GPU.** Parameters and bytes are arithmetic on the large-v3 config (built on the meta device). "
-            + "Activations are the tensors autograd saves in a bf16-autocast forward on the CPU of a model of "
-            + f"large-v3's width with one layer per stack, times 32 layers, at {label_tokens} label tokens and 30 s "
-            + "of log-mel per sample; with checkpointing they are assembled from those counts (an estimate).",
-            "- The dropout 0.05 row is counted on the CPU, where dropout saves its mask in the input's dtype (bf16); "
-            + "CUDA saves 1 byte per element, so on a GPU that row's activations are somewhat lower.",
-            "",
-            body,
-            "",
-        ]
-    )
-    text = RESULTS.read_text()
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        after = re.search(r"^## ", text[start + len(SECTION) :], re.MULTILINE)
-        end = start + len(SECTION) + after.start() if after else len(text)
-        text = text[:start] + section + ("\n" + text[end:] if after else "")
-    RESULTS.write_text(text)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label_tokens", type=int, default=60, help="decoder tokens per sample")
-    parser.add_argument("--write_results", action="store_true", help=f"write the section into {RESULTS.name}")
-    args = parser.parse_args()
+    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
+    args = parser.parse_args(argv)
     body = report(args.label_tokens)
-    print(body)
-    if args.write_results:
-        write_results(body, "python benchmarks/lora_memory.py --write_results", args.label_tokens)
+    head = section_head(SECTION, __file__, argv, "peft") + f"- {args.label_tokens} label tokens and 30 s of log-mel "
+    publish(head + f"per sample; **no GPU**: arithmetic and counts on the CPU.\n\n{body}\n", args.write_results)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,14 @@
 """Do timestamps survive fine-tuning? The demo's fine-tune with and without timestamp labels, decoded with timestamps.
 
-    python benchmarks/timestamps.py --write_results
+    python benchmarks/timestamps.py --write_results   # two demo fine-tunes (reused when done), ~40 min on 2 cores
 
-1. The realised share of timestamped labels: through the trainer's own loader and batcher on the sample's training
+1. The realised share of timestamped labels, through the trainer's own loader and batcher on the sample's training
    split (several epochs), and over the full corpus's 622,545 ids.
-2. Two fine-tunes of the real Whisper base on the sample corpus, one after the other, exactly the demo's
-   (`configs/demo.yaml`), one with `--timestamp_probability 0` and one with the default; only the final evaluation is
-   cut to the test split to save time. A run whose output_dir holds a finished run is reused.
-3. Each model, and the untouched base as a reference, decodes with `return_timestamps=True`:
-   (a) every held-out clip (test, eval_clean, eval_other), one 30 s window each: is the output well-formed (starts
-       with a timestamp, timestamps non-decreasing, a closing timestamp, end <= clip duration + 0.02 s)?
-   (b) long audio (> 30 s: each held-out split's clips joined with 1 s pauses) through transformers' long-form
-       generation: are segment times non-decreasing and inside the audio, how many segments, CER of the text.
+2. Two fine-tunes exactly the demo's (`configs/demo.yaml`), with `--timestamp_probability 0` and the default; only the
+   final evaluation is cut to the test split. A run whose output_dir holds a finished run is reused.
+3. Each model, and the untouched base, decodes with `return_timestamps=True` (a) every held-out clip, one 30 s window
+   each: is the output well-formed? (b) each held-out split's clips joined with 1 s pauses (> 30 s), through
+   transformers' long-form generation: are the segment times ordered and inside the audio, and where do they end?
 """
 
 from __future__ import annotations
@@ -32,14 +29,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.data_pipeline import write_section  # noqa: E402
-from benchmarks.full_scale import machine_line  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE, read_utterance  # noqa: E402
+from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
+from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
+from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher  # noqa: E402
 from kspon_whisper.metrics import score  # noqa: E402
 from kspon_whisper.timestamps import TIME_PRECISION, timestamp_labels  # noqa: E402
+from tools.sample_audio import sample_clips  # noqa: E402
 
-RESULTS_FILE = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Timestamps after fine-tuning"
 SAMPLE = REPO / "kspon_dataset" / "sample"
 BASE = REPO / "models" / "whisper-base"
@@ -73,15 +70,8 @@ def fine_tune(output_dir: Path, probability: float | None) -> dict:
         with (output_dir / "train.log").open("w") as log:
             subprocess.run(launcher, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    return {
-        "command": shlex.join(command),
-        "test_cer": metrics["test"]["cer"],
-        "validation_cer": metrics["validation"]["cer"],
-    }
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 1. The realised share
+    cers = {"test_cer": metrics["test"]["cer"], "validation_cer": metrics["validation"]["cer"]}
+    return {"command": shlex.join(command), **cers}
 
 
 def realised_share(processor, generation_config) -> dict:
@@ -107,19 +97,14 @@ def realised_share(processor, generation_config) -> dict:
     return {"train_clips": total, "per_epoch": per_epoch, "corpus": corpus}
 
 
-# --------------------------------------------------------------------------------------------------------------
-# 3. Decoding with timestamps
-
-
 def held_out_clips() -> dict[str, list[dict]]:
     """{split: [{"id", "audio" float32, "text", "duration"}]} for the sample's held-out splits, in id order."""
-    splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
     clips = {}
     for name in HELD_OUT:
-        rows = [read_utterance(splits[name].data, i, "spelling")[0] for i in range(len(splits[name]))]
+        rows = sorted(sample_clips((name,)).items())
         clips[name] = [
-            {**row, "audio": np.frombuffer(row["pcm"], "<i2").astype(np.float32) / 32768}
-            for row in sorted(filter(None, rows), key=lambda r: r["id"])
+            {"id": uid, "audio": to_dtype(pcm, "float32"), "text": text, "duration": len(pcm) / SAMPLE_RATE}
+            for uid, (text, pcm) in rows
         ]
     return clips
 
@@ -171,7 +156,7 @@ def decode_clips(model, processor, clips: list[dict]) -> dict:
 def long_audio(clips: list[dict]) -> dict:
     """The clips joined with 1 s pauses; where each clip starts and ends in it."""
     pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), dtype=np.float32)
-    pieces, bounds, position = [], [], 0
+    pieces, bounds, position, texts = [], [], 0, [c["text"] for c in clips]
     for clip in clips:
         pieces += [clip["audio"], pause]
         bounds.append((position / SAMPLE_RATE, (position + len(clip["audio"])) / SAMPLE_RATE))
@@ -179,31 +164,15 @@ def long_audio(clips: list[dict]) -> dict:
     audio = np.concatenate(pieces[:-1])
     if len(audio) <= 30 * SAMPLE_RATE:
         raise ValueError(f"{len(audio) / SAMPLE_RATE:.1f} s of audio is not long-form: join more clips.")
-    return {
-        "audio": audio,
-        "duration": len(audio) / SAMPLE_RATE,
-        "bounds": bounds,
-        "text": " ".join(c["text"] for c in clips),
-    }
+    return {"audio": audio, "duration": len(audio) / SAMPLE_RATE, "bounds": bounds, "text": " ".join(texts)}
 
 
 def decode_long(model, processor, long: dict) -> dict:
-    inputs = processor.feature_extractor(
-        long["audio"],
-        sampling_rate=SAMPLE_RATE,
-        truncation=False,
-        padding="longest",
-        return_attention_mask=True,
-        return_tensors="pt",
-    )
-    out = generate(
-        model,
-        processor,
-        inputs.input_features,
-        attention_mask=inputs.attention_mask,
-        return_segments=True,
-        max_new_tokens=MAX_NEW_TOKENS,  # per 30 s window, as the trainer's evaluation caps it
-    )
+    options = {"truncation": False, "padding": "longest", "return_attention_mask": True, "return_tensors": "pt"}
+    inputs = processor.feature_extractor(long["audio"], sampling_rate=SAMPLE_RATE, **options)
+    # at most MAX_NEW_TOKENS per 30 s window, as the trainer's evaluation caps it
+    options = {"attention_mask": inputs.attention_mask, "return_segments": True, "max_new_tokens": MAX_NEW_TOKENS}
+    out = generate(model, processor, inputs.input_features, **options)
     segments = [(float(s["start"]), float(s["end"])) for s in out["segments"][0]]
     times = [t for segment in segments for t in segment]
     clip_ends = [end for _, end in long["bounds"]]
@@ -237,72 +206,42 @@ def decode_model(model_dir: Path, clips: dict[str, list[dict]]) -> dict:
     }
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Report
-
-
-def report(results: dict, command: str) -> str:
+def report(results: dict, argv: list[str] | None) -> str:
     share, epochs = results["share"], results["share"]["per_epoch"]
-    runs = [
+    lines = [section_head(SECTION, __file__, argv).rstrip("\n")]
+    lines += ["- Fine-tunes, one after the other, each exactly the demo's training (final evaluation cut to test):"]
+    lines += [
         f"  - {name}: `{run['command']}`; CER without timestamps (the trainer's final evaluation): validation "
         f"{run['validation_cer']:.3f}, test {run['test_cer']:.3f}"
         for name, run in results["runs"].items()
     ]
-    share_line = (
+    lines.append(
         f"- Realised share of timestamped labels at p = {DEFAULT_PROBABILITY} (seed {SEED}), counted in the trainer's "
         f"batches of the sample's {share['train_clips']} training clips: {min(epochs):.2f} to {max(epochs):.2f} per "
         f"epoch, {statistics.mean(epochs):.3f} over {len(epochs)} epochs; over the full corpus's "
         f"{CORPUS_UTTERANCES:,} ids (epoch 0): {share['corpus']:.4f}."
     )
-    clips_intro = (
-        f"{results['models'][BASE_NAME]['clips']['clips']} clips (test, eval_clean, eval_other), one 30 s window "
-        "each. Well-formed: starts with a timestamp, timestamps non-decreasing, closed by a timestamp before `"
-        "<|endoftext|>`, the last one <= the clip's duration + 0.02 s. `generate`'s timestamp logits processor forces "
-        "the first timestamp and the order, so what can fail is 'closed' and 'end inside'. CER is of the text decoded "
-        "in timestamp mode."
-    )
-    long_intro = (
-        f"Held-out clips joined in id order with {PAUSE_S:.0f} s pauses and decoded as one file "
-        '(`truncation=False, padding="longest", return_attention_mask=True`; `return_timestamps=True, '
-        "return_segments=True`, at most 225 new tokens per window). 'Ordered': every segment's start and end "
-        "non-decreasing through the file; 'inside': every time in [0, duration + 0.02 s] (if not: the last time "
-        "minus the duration); 'end to clip end': median distance from a segment's end to the nearest true clip end."
-    )
-    lines = [SECTION, "", f"- Command: `{command}`", machine_line()]
-    lines += ["- Fine-tunes, one after the other, each exactly the demo's training (final evaluation cut to test):"]
-    notes = (
-        "- The sample is synthetic (espeak-ng) and its clips are short (~1.2 s): every timestamped training label is "
-        "one segment spanning a clip, and in the long files the 1 s pauses are where segments should end. Decoding "
-        "is greedy, in one thread."
-    )
-    lines += [*runs, share_line, notes, "", "### Held-out clips, `generate(..., return_timestamps=True)`", ""]
-    lines += [clips_intro, ""]
-    lines += ["| model | well-formed | closed | end inside | median abs(end - duration) s | CER |"]
-    lines += ["|---|---|---|---|---|---|"]
+    clips, long = [], []
     for name, decoded in results["models"].items():
         c = decoded["clips"]
         end = "-" if c["median_abs_end_error_s"] is None else f"{c['median_abs_end_error_s']:.2f}"
-        lines.append(
-            f"| {name} | {c['well_formed']} / {c['clips']} | {c['closed']} | {c['inside']} | {end} | {c['cer']:.3f} |"
-        )
-    lines += ["", "### Long audio, transformers' long-form generation", "", long_intro, ""]
-    lines += ["| model | file | segments | ordered | inside | end to clip end s | CER |"]
-    lines += ["|---|---|---|---|---|---|---|"]
-    for name, decoded in results["models"].items():
-        for file, long in decoded["long"].items():
-            gap = "-" if long["median_end_to_clip_end_s"] is None else f"{long['median_end_to_clip_end_s']:.2f}"
-            inside = "yes" if long["inside"] else f"no ({long['past_end_s']:+.2f} s)"
-            lines.append(
-                f"| {name} | {file}: {long['clips']} clips, {long['duration']:.1f} s | {long['segments']} | "
-                f"{'yes' if long['monotonic'] else 'no'} | {inside} | {gap} | {long['cer']:.3f} |"
-            )
+        clips.append([name, f"{c['well_formed']} / {c['clips']}", c["closed"], c["inside"], end, f"{c['cer']:.3f}"])
+        for file, r in decoded["long"].items():
+            gap = "-" if r["median_end_to_clip_end_s"] is None else f"{r['median_end_to_clip_end_s']:.2f}"
+            inside = "yes" if r["inside"] else f"no ({r['past_end_s']:+.2f} s)"
+            long.append([name, f"{file}: {r['clips']} clips, {r['duration']:.1f} s", r["segments"]])
+            long[-1] += ["yes" if r["monotonic"] else "no", inside, gap, f"{r['cer']:.3f}"]
+    header = ["model", "well-formed", "closed", "end inside", "median abs(end - duration) s", "CER"]
+    lines += ["", "### Held-out clips, `generate(..., return_timestamps=True)`", "", markdown_table(header, clips)]
+    header = ["model", "file", "segments", "ordered", "inside", "end to clip end s", "CER"]
+    lines += ["", "### Long audio, transformers' long-form generation", "", markdown_table(header, long)]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "timestamps")
-    parser.add_argument("--write_results", action="store_true", help=f"write the section into {RESULTS_FILE}")
+    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
     from transformers import GenerationConfig, WhisperProcessor
@@ -325,13 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model_dir in models.items():
         results["models"][name] = decode_model(model_dir, clips)
         print(name, json.dumps(results["models"][name]), flush=True)
-    command = "python benchmarks/timestamps.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    section = report(results, command.strip())
-    print(section)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    if args.write_results:
-        write_section(RESULTS_FILE, section)
+    publish(report(results, argv), args.write_results)
     return results
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,10 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
-import transformers
 from accelerate import Accelerator
 from transformers import (
     Seq2SeqTrainer,
@@ -41,20 +38,22 @@ from transformers import (
     WhisperProcessor,
 )
 
-from kspon_dataset.corpus import SAMPLE_RATE, pcm_samples, read_utterance
-from kspon_whisper.collator import WhisperCollator
-from kspon_whisper.data import load_splits
-from kspon_whisper.flops import mfu, whisper_training_flops
-from kspon_whisper.inference import LANGUAGE, TASK
-from kspon_whisper.log_mel import LogMelSpectrogram
-from kspon_whisper.random_whisper import whisper_config
-from train_accelerate import TrainConfig, configure_model, training_step
-
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "kspon_dataset" / "sample"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+sys.path.insert(0, str(REPO))  # run as `python benchmarks/train_throughput.py`: benchmarks/, tools/ are not installed
+
+from benchmarks.harness import RESULTS, machine_line, markdown_table, write_section  # noqa: E402
+from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
+from kspon_whisper.collator import WhisperCollator  # noqa: E402
+from kspon_whisper.flops import mfu, whisper_training_flops  # noqa: E402
+from kspon_whisper.inference import LANGUAGE, TASK  # noqa: E402
+from kspon_whisper.log_mel import LogMelSpectrogram  # noqa: E402
+from kspon_whisper.random_whisper import whisper_config  # noqa: E402
+from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
+from tools.sample_audio import sample_clips  # noqa: E402
+from train_accelerate import TrainConfig, configure_model, training_step  # noqa: E402
+
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM parts
-BLOG = {"per_device_batch_size": 4, "gradient_accumulation_steps": 4, "num_workers": 1}
+BLOG = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4}  # and 1 DataLoader worker
 BLOG_SAMPLES_PER_S = 4.779  # measured by the blog on one H100 80GB
 
 
@@ -71,12 +70,7 @@ class Result:
 
 def make_examples(processor: WhisperProcessor, count: int, seed: int = 0) -> list[dict]:
     """Sample-corpus clips joined until their labels hold 30-60 tokens (KsponSpeech's range), ≤ 30 s of audio."""
-    train = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)["train"].data
-    rows = [
-        (pcm_samples(ex["pcm"]), ex["text"])
-        for i in range(len(train))
-        if (ex := read_utterance(train, i, "spelling")[0])
-    ]
+    rows = [(samples, text) for text, samples in sample_clips(("train",)).values()]
     rng = np.random.default_rng(seed)
     examples = []
     while len(examples) < count:
@@ -168,15 +162,9 @@ def run_ours(args, batch_size: int, examples, extractor, gradient_checkpointing:
     label_tokens = statistics.mean(len(e["labels"]) - 1 for e in examples)
     flops = whisper_training_flops(model.config, round(label_tokens), gradient_checkpointing)
     peak = device_peak_flops()
-    result = Result(
-        "A: this loop",
-        batch_size,
-        gradient_checkpointing,
-        rate,
-        peak and mfu(rate, flops, peak),
-        peak_memory_gib(),
+    return Result(
+        "A: this loop", batch_size, gradient_checkpointing, rate, peak and mfu(rate, flops, peak), peak_memory_gib()
     )
-    return result
 
 
 class _StepTimer(TrainerCallback):
@@ -196,29 +184,20 @@ def run_blog(args, examples, extractor) -> Result:
     ).input_features
     train_set = [{"input_features": f, "labels": e["labels"]} for f, e in zip(features, examples, strict=True)]
     model = random_model(args.model, gradient_checkpointing=True)
-    samples_per_step = BLOG["per_device_batch_size"] * BLOG["gradient_accumulation_steps"]
+    samples_per_step = BLOG["per_device_train_batch_size"] * BLOG["gradient_accumulation_steps"]
     timer = _StepTimer()
     with tempfile.TemporaryDirectory() as out:
+        options = {"bf16": torch.cuda.is_available(), "gradient_checkpointing": True, "learning_rate": 1e-5}
+        options |= {"save_strategy": "no", "report_to": "none", "disable_tqdm": True}
         training_args = Seq2SeqTrainingArguments(
-            output_dir=out,
-            per_device_train_batch_size=BLOG["per_device_batch_size"],
-            gradient_accumulation_steps=BLOG["gradient_accumulation_steps"],
-            bf16=torch.cuda.is_available(),
-            gradient_checkpointing=True,
-            dataloader_num_workers=BLOG["num_workers"],
-            max_steps=args.warmup + args.steps,
-            learning_rate=1e-5,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
+            out, **BLOG, dataloader_num_workers=1, max_steps=args.warmup + args.steps, **options
         )
         trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=train_set, data_collator=blog_collator)
         trainer.add_callback(timer)
         trainer.train()
     times = timer.times[args.warmup :]
-    windows = [times[i + args.window] - times[i] for i in range(0, len(times) - args.window, args.window)] or [
-        times[-1] - times[0]
-    ]
+    windows = [times[i + args.window] - times[i] for i in range(0, len(times) - args.window, args.window)]
+    windows = windows or [times[-1] - times[0]]
     steps_per_window = args.window if len(times) > args.window else len(times) - 1
     rate = statistics.median(steps_per_window * samples_per_step / w for w in windows)
     label_tokens = statistics.mean(len(e["labels"]) - 1 for e in examples)
@@ -242,34 +221,16 @@ def blog_collator(rows: list[dict]) -> dict:
 
 
 def table(results: list[Result]) -> str:
-    lines = [
-        "| configuration | batch | grad. ckpt | samples/s | MFU | peak GPU GiB | note |",
-        "|---|---|---|---|---|---|---|",
+    rows = [
+        [r.name, r.batch, r.gradient_checkpointing, f"{r.samples_per_s:.2f}", "-" if r.mfu is None else f"{r.mfu:.1%}"]
+        + ["-" if r.peak_memory_gib is None else f"{r.peak_memory_gib:.1f}", r.note]
+        for r in results
     ]
-    for r in results:
-        mfu_text = f"{r.mfu:.1%}" if r.mfu is not None else "-"
-        memory = f"{r.peak_memory_gib:.1f}" if r.peak_memory_gib is not None else "-"
-        cells = [r.name, r.batch, r.gradient_checkpointing, f"{r.samples_per_s:.2f}", mfu_text, memory, r.note]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
+    return markdown_table(["configuration", "batch", "grad. ckpt", "samples/s", "MFU", "peak GPU GiB", "note"], rows)
 
 
-def environment() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
-    return (
-        f"device {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"datasets {datasets.__version__}, Python {platform.python_version()}"
-    )
-
-
-def write_results(text: str, path: Path | None = None) -> None:
-    """Replace (or append) the section of RESULTS.md (or `path`) whose heading is `text`'s first line."""
-    path = path or RESULTS
-    heading = text.splitlines()[0]
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    head, marker, rest = current.partition(heading + "\n")
-    tail = rest[rest.find("\n## ") :] if marker and "\n## " in rest else ""
-    path.write_text(head.rstrip() + "\n\n" + text.rstrip() + "\n" + tail)
+def device() -> str:
+    return f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -286,8 +247,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, kernels, workers)")
     parser.add_argument("--window", type=int, default=5, help="steps per timing window; the median window counts")
     parser.add_argument("--configs", default="A,B", help="which configurations to run: A, B or A,B")
-    parser.add_argument("--write_results", action="store_true", help="update benchmarks/RESULTS.md")
-    parser.add_argument("--results", type=Path, help="write to this file instead of benchmarks/RESULTS.md")
+    parser.add_argument("--write_results", action="store_true", help="update its section of benchmarks/RESULTS.md")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="write to this file instead")
     args = parser.parse_args(argv)
     args.checkpointed_batch_size = args.checkpointed_batch_size or args.batch_size
     return args
@@ -302,9 +263,6 @@ def batch_sizes(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))  # tools/ is not installed: it builds the offline base for the demo and tests
-    from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper
-
     processor = WhisperProcessor.from_pretrained(build_offline_whisper(DEFAULT_OUTPUT_DIR))
     processor.tokenizer.set_prefix_tokens(language=LANGUAGE, task=TASK, predict_timestamps=False)
     extractor = WhisperFeatureExtractor(feature_size=whisper_config(args.model).num_mel_bins)
@@ -312,7 +270,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     examples = make_examples(processor, min(steps_needed, 256))
     print(
         f"{len(examples)} examples, label tokens {min(len(e['labels']) for e in examples)}-"
-        f"{max(len(e['labels']) for e in examples)}; {environment()}",
+        f"{max(len(e['labels']) for e in examples)}; {device()}",
         flush=True,
     )
     results = []
@@ -330,7 +288,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     text = report(args, results)
     print(text)
     if args.write_results:
-        write_results(text, args.results)
+        write_section(text, args.results)
     return results
 
 
@@ -345,7 +303,8 @@ def report(args, results: list[Result]) -> str:
         "## Training throughput",
         "",
         f"- Command: `python benchmarks/train_throughput.py {options}`",
-        f"- {environment()}; model `{args.model}` (random weights from its config).",
+        machine_line(device=device()),
+        f"- Model `{args.model}`, random weights from its config.",
         "",
         table(results),
         "",
@@ -364,7 +323,7 @@ def report(args, results: list[Result]) -> str:
                 f"{tried[-1].batch if tried[-1].note != 'OOM' else 'none tried'} (tried {[r.batch for r in tried]})."
             )
     lines.append(f"- The blog reported {BLOG_SAMPLES_PER_S} samples/s for configuration B on one H100 80GB.")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

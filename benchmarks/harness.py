@@ -1,0 +1,177 @@
+"""What every benchmark shares: the machine line, a markdown table, the RESULTS.md section writer, and a phase run in
+a fresh Python process with its peak memory.
+
+A phase is a function `phase_<name>(spec: dict) -> dict` of a benchmark module; `run_fresh("data_pipeline", "stream",
+spec)` runs it as `python -m benchmarks.harness data_pipeline stream <spec> <result>`, so no import, cache or page of
+an earlier phase counts in its time or memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+MIB = 2**20
+BY_HAND = "<!-- Written by hand; a new measurement keeps what follows. -->"
+POLL_S = 0.05
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """The checkout's short commit, `-dirty` when it has uncommitted changes."""
+    command = ["git", "describe", "--always", "--dirty", "--abbrev=7"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False).stdout.strip() or "unknown"
+
+
+def machine_line(*packages: str, device: str | None = None) -> str:
+    """`- Machine: ...`: where and with what a section's numbers were measured; `packages` adds their versions."""
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in ("torch", "transformers", "datasets")
+    )
+    versions += "".join(f", {name} {importlib.metadata.version(name)}" for name in packages)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {ram:.1f} GiB RAM{f', {device}' if device else ''}, "
+        f"{platform.platform()}; 1-minute load average {os.getloadavg()[0]:.1f} at the end (a shared machine); "
+        f"Python {platform.python_version()}, {versions}; commit {git_commit()}."
+    )
+
+
+def section_head(heading: str, script: str, argv: list[str] | None, *packages: str, device: str | None = None) -> str:
+    """A section's heading, the command that measured it (as run: `argv`, OMP_NUM_THREADS) and the machine line."""
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    command = f"{threads}python benchmarks/{Path(script).name} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    return f"{heading}\n\n- Command: `{command.strip()}`\n{machine_line(*packages, device=device)}\n"
+
+
+def publish(section: str, write: bool) -> None:
+    """Print the section, and write it into RESULTS.md when asked (`--write_results`)."""
+    print("\n" + section)
+    if write:
+        write_section(section)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def write_section(section: str, path: Path = RESULTS) -> None:
+    """Replace the section of RESULTS.md headed by the section's first line (up to the next `## ` heading), or
+    append it; the other sections stay as they are, and so does the part of this one after a `BY_HAND` line."""
+    heading = section.split("\n", 1)[0]
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start = text.find(heading + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        old = text[start : end + 1 if end >= 0 else len(text)]
+        if BY_HAND in old:  # what was written by hand (how to read the numbers) stays under the new numbers
+            section = section.rstrip("\n") + "\n\n" + old[old.index(BY_HAND) :].rstrip("\n") + "\n"
+        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
+    path.write_text(text)
+
+
+def offline_env(workdir: Path, **extra: str) -> dict[str, str]:
+    """This environment, offline, with the datasets caches in `workdir` and the libraries quiet."""
+    return os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_DATASETS_CACHE": str(workdir / "hf" / "datasets"),
+        "HF_MODULES_CACHE": str(workdir / "hf" / "modules"),
+        "DATASETS_VERBOSITY": "error",  # the bad clips of a corpus would log a warning per shard and split
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",  # the tokenizer runs in forked DataLoader workers
+        "PYTHONWARNINGS": "ignore::FutureWarning,ignore:'set_vital' is deprecated:UserWarning",  # library noise
+        **extra,
+    }
+
+
+def proc_mib(field: str = "VmRSS") -> float:
+    """VmRSS (now) or VmHWM (peak) of this process, in MiB."""
+    return int(re.search(rf"{field}:\s*(\d+)", Path("/proc/self/status").read_text())[1]) / 1024
+
+
+def run_process(
+    command: list[str],
+    *,
+    timeout_s: float | None = None,
+    env: dict | None = None,
+    cwd: Path = REPO,
+    log: IO | None = None,
+) -> tuple[int | None, float, float]:
+    """(exit code, seconds, peak MiB of the whole process tree, sampled every 50 ms and summed). Past `timeout_s`
+    every process of the tree gets SIGABRT (with PYTHONFAULTHANDLER set, Python prints its stacks), then SIGKILL,
+    and the exit code is None. The tree is walked by parent, so workers in sessions of their own are found too."""
+    start, peak = time.perf_counter(), 0
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT if log else None)
+    root = psutil.Process(process.pid)
+    while process.poll() is None:
+        with contextlib.suppress(psutil.Error):  # a process may exit between listing and reading: skip the sample
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree))
+        if timeout_s is not None and time.perf_counter() - start > timeout_s:
+            with contextlib.suppress(psutil.Error):
+                tree = [root, *root.children(recursive=True)]
+            for signum in (signal.SIGABRT, signal.SIGKILL):
+                for p in tree:
+                    with contextlib.suppress(psutil.Error):
+                        p.send_signal(signum)
+                time.sleep(2)
+            process.wait()
+            return None, time.perf_counter() - start, peak / MIB
+        time.sleep(POLL_S)
+    return process.returncode, time.perf_counter() - start, peak / MIB
+
+
+def run_fresh(module: str, phase: str, spec: dict, env: dict | None = None, timeout_s: float | None = None) -> dict:
+    """`phase_<phase>(spec)` of benchmarks.<module> in a fresh Python process: its result, with that process's own
+    peak RSS (`rss_self_mib`), its tree's (`rss_tree_mib`), the load average before and after, and its wall time."""
+    with tempfile.TemporaryDirectory(prefix="benchmark-phase-") as scratch:
+        result_path = Path(scratch) / "result.json"
+        command = [sys.executable, "-m", "benchmarks.harness", module, phase, json.dumps(spec), str(result_path)]
+        load = os.getloadavg()[0]
+        code, seconds, tree_peak = run_process(command, timeout_s=timeout_s, env=env)
+        if code != 0:
+            raise RuntimeError(f"phase {phase} {'ran past its time' if code is None else f'exited {code}'}; see above")
+        result = json.loads(result_path.read_text())
+    # Sampling can miss a short spike, the kernel's own maximum cannot; summed RSS counts shared pages per process.
+    result |= {"rss_tree_mib": max(tree_peak, result["rss_self_mib"]), "wall_s": seconds}
+    return result | {"load_avg": [load, os.getloadavg()[0]]}
+
+
+def _phase_process(module: str, phase: str, spec: str, result_path: str) -> None:
+    result = getattr(importlib.import_module(f"benchmarks.{module}"), f"phase_{phase}")(json.loads(spec))
+    # VmHWM, not getrusage: Linux carries ru_maxrss over exec, so a phase would report the peak of its parent.
+    result["rss_self_mib"] = proc_mib("VmHWM")
+    Path(result_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _phase_process(*sys.argv[1:])
