@@ -3,12 +3,9 @@
     python benchmarks/export_equivalence.py --write_results          # Whisper base, 21 clips, ~10 min on 2 cores
     python benchmarks/export_equivalence.py --model_dir runs/ko-large-v3 --splits eval_clean --data_dir /data/Kspon
 
-Each quantization is exported with `kspon_whisper.export.export_ct2`, then every clip is decoded greedily, in Korean,
-without timestamps, at most MAX_NEW_TOKENS tokens (the trainer's evaluation settings), one clip at a time with the
-same number of threads everywhere, by 1. Transformers in float32 (`generate`), the reference decoder;
-2. `ctranslate2.models.Whisper` on the same log-mel input with the same prompt; 3. `faster_whisper.WhisperModel
-.transcribe` on the raw audio (its own log-mel and decoding loop). Transcripts are compared exactly and by CER against
-Transformers' (both normalised as the project scores).
+Each quantization, exported with `export_ct2`, decodes every clip greedily in Korean without timestamps (the
+trainer's evaluation settings), one clip at a time, against Transformers in float32: `ctranslate2.models.Whisper` on
+the same log-mel and prompt, and faster-whisper on the audio (padded to 30 s, and as is). Compared exactly and by CER.
 """
 
 from __future__ import annotations

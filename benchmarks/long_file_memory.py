@@ -2,12 +2,9 @@
 
     python benchmarks/long_file_memory.py --minutes 30 --write_results   # ~2 min on 2 cores, 320 MB of /tmp
 
-A file of `--minutes` of noise (44.1 kHz, stereo, 16-bit WAV) and a 12 s one are written to a temporary folder, and
-`transcribe.py` decodes each in its own process with a 2-layer random Whisper (`random_whisper`, with the real
-processor) and 4 new tokens per 30 s window, so the model and the decoding add little and the audio path is what
-is measured: the reader (`kspon_whisper.audio`, block by block), the batch and the log-mel of the whole file
-(`LogMelSpectrogram`, 30 s of STFT at a time). Reported: each process's peak resident memory (`wait4`), the
-difference, and the 16 kHz float32 waveform's own size for scale; also `read_audio` alone under tracemalloc.
+`transcribe.py` decodes noise files of `--minutes` and of 12 s, each in its own process (peak RSS from `wait4`),
+with a 2-layer random Whisper and 4 new tokens per window, so the audio path is what is measured: the reader, the
+batch and the log-mel of the whole file. Also `read_audio` alone, under tracemalloc.
 """
 
 from __future__ import annotations

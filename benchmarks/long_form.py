@@ -2,14 +2,10 @@
 
     OMP_NUM_THREADS=1 python benchmarks/long_form.py --write_results   # ~4 min on a busy 2-core CPU
 
-The audio is tools/sample_audio.py's long file: 24 clips of the sample corpus (espeak-ng voice) in a row, with
-pauses between them and one clip straddling the 30 s mark (tests/test_long_form.py decodes the same file). The
-untouched Whisper base (`models/whisper-base`, greedy) transcribes each clip alone, as evaluation decodes it (the best
-the model can do, and the reference for the straddling clip), then the file in long form
-(`kspon_whisper.inference.Transcriber`: transformers' sequential decoding with timestamps) with the default fallback
-settings and with the rules this voice trips switched off. Reported: CER against the concatenated references, how
-well the straddling clip's own hypothesis is found in each transcript (`substring_cer`), how many clips a long-form
-segment overlaps, and the time each took.
+tools/sample_audio.py's long file (24 sample clips, one across the 30 s mark; tests/test_long_form.py decodes it too)
+through the untouched Whisper base, greedy: each clip alone (the reference for the straddling clip), then the file in
+long form (`Transcriber`) with the default fallback settings and with the rules this voice trips turned off. CER
+against the references, the straddling clip's own hypothesis found in each transcript (`substring_cer`), segments.
 """
 
 from __future__ import annotations

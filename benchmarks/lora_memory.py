@@ -2,17 +2,11 @@
 
     python benchmarks/lora_memory.py --write_results
 
-1. Parameters: the real large-v3 config (kspon_whisper/random_whisper.py) built on the meta device (nothing allocated),
-   with the adapters `--lora_rank` adds (kspon_whisper/lora.py). Bytes are what the loop keeps: fp32 weights, fp32
-   gradients and AdamW's two fp32 moments for what trains.
-2. Activations: the tensors autograd saves for backward, counted (deduplicated by storage) during one forward under
-   bf16 autocast, as the loop runs, on the CPU, of a model of large-v3's width with one encoder and one decoder layer,
-   at batch 1 and 2 (the difference is per sample, the rest is per step); the layers' counts are then multiplied by
-   32. Saved tensors that hold a bf16 copy of a weight (autocast's casts) are reported apart from activations.
-   With gradient checkpointing the layers keep only their inputs and one layer at a time is recomputed in backward;
-   that total is assembled from the counts, an estimate.
-3. The largest per-device batch for 24, 48 and 80 GB cards from 1 + 2, keeping 10 % of the card for the CUDA context,
-   allocator fragmentation and backward's transient gradients (an assumption, not a measurement).
+Parameters and bytes: the large-v3 config on the meta device, with the adapters `--lora_rank` adds (fp32 weights and
+gradients, AdamW's two fp32 moments for what trains). Activations: the tensors autograd saves (deduplicated by
+storage) in one bf16-autocast forward of a model of large-v3's width with one layer per stack, at batch 1 and 2 (the
+difference is per sample), times 32 layers; bf16 copies of weights apart; with checkpointing, assembled from the
+counts (an estimate). Then the largest batch for 24, 48 and 80 GB cards, 10 % of the card kept free (assumed).
 """
 
 from __future__ import annotations

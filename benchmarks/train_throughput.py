@@ -4,14 +4,11 @@
     python benchmarks/train_throughput.py --model test --steps 4 --warmup 1         # CPU smoke test, seconds
     python benchmarks/train_throughput.py --batch_size 48,32,16 --checkpointed_batch_size 128,96  # largest that fits
 
-Both configurations train a randomly initialised Whisper built from its config (no download) on the same examples:
-sample-corpus audio and text concatenated to 30-60 label tokens, through the project's collator.
-- A: `train_accelerate.training_step` with fused AdamW, bf16 autocast, int16 audio shipped to the device and log-mel
-  computed there, with and without gradient checkpointing. Given several batch sizes, largest first, A runs the
-  first that fits in memory: the largest batch that fits.
-- B: `Seq2SeqTrainer`, per-device batch 4, gradient accumulation 4, bf16, gradient checkpointing, 1 DataLoader
-  worker, log-mel precomputed on the host (the blog converted its features before training).
-Samples/s is the median over windows after warm-up; MFU uses the exact FLOP count of kspon_whisper/flops.py.
+Both train a random Whisper built from its config on the same examples (sample-corpus clips joined to 30-60 label
+tokens). A: `train_accelerate.training_step`, fused AdamW, bf16 autocast, int16 audio shipped to the device and
+log-mel computed there, with and without checkpointing, at the largest of the given batch sizes that fits. B:
+`Seq2SeqTrainer`, batch 4 x accumulation 4, bf16, checkpointing, 1 worker, log-mel precomputed on the host.
+Samples/s is the median over windows after warm-up; MFU uses kspon_whisper/flops.py's exact FLOP count.
 """
 
 from __future__ import annotations
