@@ -24,12 +24,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from kspon_dataset.corpus import SPLIT_SCHEMES
 from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
 from kspon_whisper.data import DeviceInputs, load_splits, make_dataloader, speech_batcher
-from kspon_whisper.evaluation import evaluate_split, loop_report, write_predictions
+from kspon_whisper.evaluation import evaluate_split, loop_report, print_line, write_predictions
 from kspon_whisper.inference import (
     MAX_NEW_TOKENS,
     NUM_BEAMS,
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def say(message: str) -> None:
         if accelerator.is_main_process:
-            tqdm.write(message)  # above the progress bar, not glued to it
+            print_line(message)
 
     say(
         f"{args.model}: {', '.join(args.splits)} | {accelerator.num_processes} process(es) on "

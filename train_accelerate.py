@@ -67,7 +67,7 @@ from kspon_whisper.data import (
     set_epoch,
     speech_batcher,
 )
-from kspon_whisper.evaluation import evaluate_split, write_predictions
+from kspon_whisper.evaluation import evaluate_split, print_line, write_predictions
 from kspon_whisper.export import export_ct2
 from kspon_whisper.hub import check_hub_access, push_output_dir
 from kspon_whisper.inference import GenerationSettings, set_korean_transcription
@@ -264,9 +264,9 @@ class Trainer:
         self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with trained_ids_dir
 
     def say(self, message: str) -> None:
-        """One line on the main process, above the progress bar rather than glued to it (so `grep ^step` works)."""
+        """One line on the main process, above the progress bar."""
         if self.accelerator.is_main_process:
-            tqdm.write(message)
+            print_line(message)
 
     def loader(self, split: str, shuffle: bool = False):
         cfg, acc = self.cfg, self.accelerator

@@ -15,8 +15,10 @@ HEADING = "## GPU check: the training loop"
 
 def section(loop_dir: Path, log: str, seconds: int, config: str) -> str:
     metrics = json.loads((loop_dir / "metrics.json").read_text())
-    steps = re.findall(r"^step \d+ \|.*$", log, flags=re.MULTILINE)
-    evals = re.findall(r"^eval \S+ @ step \d+ \|.*$", log, flags=re.MULTILINE)
+    # Not anchored at the line's start: `accelerate launch` relays the child's stderr through a thread, so a
+    # progress bar's text can land in front of a log line (each line itself is one write, whole).
+    steps = re.findall(r"(step \d+ \| loss .*)$", log, flags=re.MULTILINE)
+    evals = re.findall(r"(eval \S+ @ step \d+ \|.*)$", log, flags=re.MULTILINE)
     precision = next(iter(re.findall(r"\| mixed precision (\S+) \|", log)), "unknown")
     lines = [
         HEADING,

@@ -8,6 +8,7 @@ mixed precision as autocast around fp32 weights.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -35,6 +36,18 @@ class SplitResult:
     seconds: float  # wall time of generation and gathering
     counts: Counter | None  # "kept N of M" counts of a whole pass, None when max_samples cut it short
     kept_line: str | None
+
+
+def print_line(message: str) -> None:
+    """One log line above any progress bar rather than glued to it, so `grep ^step` works on a log.
+
+    Printed while the bars are cleared, with both streams flushed: with stdout and stderr in one file
+    (`python train_accelerate.py … 2>&1 | tee`), a line left in stdout's buffer lands after a bar's redraw. (Under
+    `accelerate launch`, which relays the child's stderr through a thread, the order between the two streams is
+    the launcher's.)"""
+    with tqdm.external_write_mode():
+        sys.stderr.flush()
+        print(message, flush=True)
 
 
 def evaluate_split(

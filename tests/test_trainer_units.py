@@ -2,8 +2,11 @@
 
 import io
 import logging
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +136,29 @@ def test_the_final_save_is_all_or_nothing_and_push_only_checks_the_processor(tin
     (out / "tokenizer.json").write_text('{"trunc')  # what a full disk did to a save made in place
     with pytest.raises(ValueError, match="holds no loadable processor"):
         check_full_model(str(out))
+
+
+def test_a_log_line_starts_its_own_line_when_stdout_and_stderr_share_a_pipe():
+    # `accelerate launch … 2>&1 | tee log`: the bar is on stderr (unbuffered), the line on stdout (block-buffered
+    # in a pipe). Unflushed, "step 1" lands after the bar's redraw, glued to it, and `grep ^step` misses it.
+    script = (
+        "from tqdm import tqdm\n"
+        "from kspon_whisper.evaluation import print_line\n"
+        "bar = tqdm(total=2, desc='train')\n"
+        "bar.update(1)\n"
+        "print_line('step 1 | loss 1.0')\n"
+        "bar.update(1)\n"
+        "bar.close()\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    pieces = result.stdout.decode().splitlines()  # at "\r" too, as a terminal shows it
+    assert "step 1 | loss 1.0" in pieces, pieces
+    assert pieces.index("step 1 | loss 1.0") < next(i for i, p in enumerate(pieces) if "2/2" in p), pieces
