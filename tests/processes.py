@@ -154,11 +154,14 @@ def kill_tree(tag: str, root: subprocess.Popen | None = None, dump_stacks: bool 
         while tagged_pids(tag) and time.monotonic() < deadline:
             time.sleep(POLL_S)
     found = 0
-    for _ in range(50):  # a process may fork while we kill; go round until nothing tagged is left
-        pids = tagged_pids(tag) - {exclude} - ({root.pid} if root else set())
+    # A process may fork while we kill, and a child may still be inside execve (any process's: its tag is not
+    # readable yet, and it finishes in milliseconds): go round until neither is left.
+    for _ in range(50):
+        tagged, still_in_execve = _scan(tag)
+        pids = tagged - {exclude} - ({root.pid} if root else set())
         if root is not None and root.poll() is None:
             _signal(root.pid, signal.SIGKILL)
-        if not pids:
+        if not pids and not still_in_execve:
             break
         found = max(found, len(pids))
         for pid in pids:
@@ -169,8 +172,18 @@ def kill_tree(tag: str, root: subprocess.Popen | None = None, dump_stacks: bool 
 
 def tagged_pids(tag: str) -> set[int]:
     """Live (non-zombie) processes whose environment holds our tag; zombies have an empty environ."""
+    return _scan(tag)[0]
+
+
+def _scan(tag: str) -> tuple[set[int], int]:
+    """The tagged processes, and how many processes are still inside execve, whose tag cannot be read yet.
+
+    Popen returns once the child's execve is past the point of no return, but the kernel writes the new program's
+    environment, which /proc/PID/environ shows, a little later (microseconds; milliseconds on a loaded machine or a
+    cold page cache): a scan in between reads an empty environ, and would miss a child started just before the kill.
+    """
     marker = f"{TAG_VARIABLE}={tag}".encode()
-    pids = set()
+    pids, still_in_execve = set(), 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -180,7 +193,22 @@ def tagged_pids(tag: str) -> set[int]:
             continue
         if marker in environ.split(b"\0"):
             pids.add(int(entry.name))
-    return pids
+        elif not environ and _inside_execve(entry.path):
+            still_in_execve += 1
+    return pids, still_in_execve
+
+
+def _inside_execve(proc_dir: str) -> bool:
+    """A process has memory (vsize > 0) but no code address only from execve's switch to the new program's memory
+    until its loading ends (fs/binfmt_elf.c sets start_code after writing the environment). Zombies, kernel threads
+    and exiting processes have no memory; a process started with an empty environment has its code address.
+    """
+    try:
+        fields = Path(proc_dir, "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    vsize, start_code = int(fields[20]), int(fields[23])  # proc(5)'s fields 23 and 26
+    return vsize > 0 and start_code == 0
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -1,6 +1,8 @@
 """The process helper every launching test relies on: a hung tree is killed in seconds, escaped workers included."""
 
 import os
+import platform
+import struct
 import subprocess
 import sys
 import time
@@ -85,5 +87,54 @@ def test_the_environment_is_passed_on():
 def test_processes_started_in_a_tagged_environment_die_with_the_block():
     with tagged_environment():
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
-    child.wait(timeout=10)  # raises if the block left it running
+    assert_killed(child)
+
+
+def assert_killed(child: subprocess.Popen) -> None:
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        pytest.fail("the block ended and left its child running")
     assert child.returncode == -9
+
+
+# A child whose execve is still running when the block ends: Popen has returned, but the kernel has not yet written the
+# environment that carries the tag. Each of this static x86-64 program's segments has a page zeroed after the point of
+# no return (padzero), read from disk when the file is not cached: the gap grows from microseconds to milliseconds.
+COLD_SEGMENTS, SEGMENT_SPACING = 4, 16 << 20  # the spacing beats read-ahead (up to 8 MiB), so each page is a disk read
+
+
+def write_slow_loading_program(path: Path) -> None:
+    code = bytes.fromhex("b8220000000f05ebf7")  # mov eax, 34 (pause); syscall; jmp back: sleeps until killed
+    segments = [struct.pack("<IIQQQQQQ", 1, 5, 0, 0x400000, 0x400000, 0x1000, 0x1000, 0x1000)]  # PT_LOAD r-x
+    for k in range(1, COLD_SEGMENTS + 1):  # PT_LOAD rw-, 16 bytes from the file and a zeroed tail
+        segments.append(
+            struct.pack("<IIQQQQQQ", 1, 6, k * SEGMENT_SPACING, 0x10000000 + k * 0x100000, 0, 16, 256, 0x1000)
+        )
+    ident = b"\x7fELF\x02\x01\x01" + bytes(9)
+    header = struct.pack("<16sHHIQQQIHHHHHH", ident, 2, 62, 1, 0x400200, 64, 0, 0, 64, 56, len(segments), 64, 0, 0)
+    first_page = bytearray(0x1000)
+    first_page[: 64 + 56 * len(segments)] = header + b"".join(segments)
+    first_page[0x200 : 0x200 + len(code)] = code
+    with path.open("wb") as program:
+        program.write(first_page)
+        for _ in range(COLD_SEGMENTS * SEGMENT_SPACING >> 20):
+            program.write(b"\1" * (1 << 20))  # written, not a hole: a hole is read as zeros without touching the disk
+        program.flush()
+        os.fsync(program.fileno())
+        os.posix_fadvise(program.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+    path.chmod(0o755)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the slow-loading program is x86-64 machine code")
+def test_a_child_still_inside_execve_when_the_block_ends_dies_too(tmp_path):
+    program = tmp_path / "slow-loading"
+    write_slow_loading_program(program)
+    try:
+        with tagged_environment():
+            child = subprocess.Popen([program], start_new_session=True)
+        assert_killed(child)
+    finally:
+        program.unlink()  # 64 MiB
