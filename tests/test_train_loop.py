@@ -1,6 +1,5 @@
-"""The loop end to end on a tiny Whisper: outputs, log format, config parsing, and the non-finite gradient skip."""
+"""The loop end to end on a tiny Whisper: outputs, log format, and the non-finite gradient skip."""
 
-import dataclasses
 import itertools
 import json
 import math
@@ -16,8 +15,6 @@ from accelerate.state import AcceleratorState, GradientState
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
 
 import train_accelerate
-from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
-from kspon_whisper.export import QUANTIZATIONS
 from kspon_whisper.metrics import METRICS
 from tests.processes import run_ok
 from train_accelerate import parse_config, training_step
@@ -122,89 +119,6 @@ def test_smoke_run_checkpoints_and_logs_to_tensorboard(smoke_run):
     out = smoke_run["output_dir"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert list((out / "logs").rglob("events.out.tfevents.*")), "no tensorboard event file under logs/"
-
-
-def test_yaml_values_are_typed_and_the_command_line_wins(tmp_path):
-    config = tmp_path / "run.yaml"
-    config.write_text("data_dir: /data/KsponSpeech\nlearning_rate: 1e-5\nmax_steps: 100\nlr_scheduler: cosine\n")
-    cfg = parse_config(["--config", str(config), "--max_steps", "7", "--streaming", "false"])
-    assert cfg.max_steps == 7 and cfg.streaming is False  # the command line wins
-    assert cfg.data_dir == "/data/KsponSpeech" and cfg.lr_scheduler == "cosine"  # the file fills in the rest
-    assert cfg.learning_rate == 1e-5 and isinstance(cfg.learning_rate, float)
-    json_config = tmp_path / "run.json"
-    json_config.write_text(json.dumps({"data_dir": "/d", "max_steps": 3, "final_eval_splits": ["test"]}))
-    cfg = parse_config(["--config", str(json_config)])
-    assert (cfg.max_steps, cfg.final_eval_splits) == (3, ["test"])
-
-
-def test_unknown_yaml_key_is_named(tmp_path):
-    config = tmp_path / "typo.yaml"
-    config.write_text("data_dir: /d\nmax_steps: 5\nlearning_rte: 1e-5\n")
-    with pytest.raises(ValueError, match=r"unknown options \['learning_rte'\]"):
-        parse_config(["--config", str(config)])
-
-
-@pytest.mark.parametrize(
-    "option, value, valid",
-    [
-        ("lr_scheduler", "cosine_with_restarts", "('linear', 'cosine')"),
-        ("report_to", "mlflow", "('tensorboard', 'trackio', 'wandb', 'none')"),
-        ("split_scheme", "oficial", "('random', 'random_utterance', 'official')"),
-        ("export_ct2", "int4", "('float16', 'int8_float16', 'int8', 'float32', None)"),
-    ],
-)
-def test_invalid_choice_lists_the_valid_values(option, value, valid, tmp_path, capsys):
-    """argparse refuses a bad choice on the command line; one from a --config file skips its check, so the config's."""
-    with pytest.raises(SystemExit):
-        parse_config(["--data_dir", "/d", "--max_steps", "5", f"--{option}", value])
-    assert f"--{option}/--{option.replace('_', '-')}: invalid choice: '{value}'" in capsys.readouterr().err
-    config = tmp_path / "run.yaml"
-    config.write_text(f"data_dir: /d\nmax_steps: 5\n{option}: {value}\n")
-    with pytest.raises(ValueError, match=re.escape(f"--{option} '{value}' is not one of {valid}.")):
-        parse_config(["--config", str(config)])
-
-
-def _help_entries(text: str) -> dict[str, str]:
-    """`--option` -> the text argparse prints after it, whitespace collapsed."""
-    entries = {}
-    for entry in re.split(r"\n(?=  -)", text.split("\noptions:\n", 1)[1]):
-        invocation, *help_text = re.split(r"\s{2,}|\n", entry.strip(), maxsplit=1)
-        entries[invocation.split()[0].rstrip(",")] = " ".join(" ".join(help_text).split())
-    return entries
-
-
-def test_help_describes_every_option_with_its_default_choices_and_range():
-    """`python train_accelerate.py --help` as a user runs it: no option without a description."""
-    result = run_ok(
-        [sys.executable, "train_accelerate.py", "--help"], timeout_s=120, env=dict(os.environ, COLUMNS="119")
-    )
-    assert result.stdout.startswith("usage: train_accelerate.py [-h] [--config FILE] [--OPTION VALUE ...]")
-    assert "Fine-tune Whisper on KsponSpeech" in result.stdout and "accelerate launch" in result.stdout  # the runbook
-    entries = _help_entries(result.stdout)
-    fields = [f.name for f in dataclasses.fields(train_accelerate.TrainConfig)]
-    missing = [name for name in fields if f"--{name}" not in entries]
-    described = {name: re.sub(r"\(default: .*\)$", "", entries.get(f"--{name}", "")).strip() for name in fields}
-    undescribed = [name for name, words in described.items() if not words]
-    assert not missing and not undescribed, f"--help lists no {missing}; it gives no description for {undescribed}"
-    assert not [name for name in fields if not re.search(r"\(default: .*\)$", entries[f"--{name}"])]
-    assert "--config" in entries and "YAML/JSON" in entries["--config"]
-    assert f"--dataset_config {{{','.join(TRANSCRIPT_FORMS)}}}" in result.stdout
-    assert f"--export_ct2 {{{','.join(QUANTIZATIONS)}}}" in result.stdout
-    assert entries["--split_scheme"].endswith("(default: random)")
-    assert entries["--per_device_batch_size"].endswith("; at least 1 (default: 16)")
-    assert entries["--learning_rate"].endswith("; more than 0 (default: 1e-05)")
-    # not the copy of --streaming's help HfArgumentParser gives it, which argparse follows with "(default: False)"
-    assert entries["--no_streaming"] == "same as --streaming false"
-
-
-def test_epochs_need_no_max_steps_streaming_or_not():
-    assert parse_config(["--data_dir", "/d", "--num_epochs", "2"]).streaming  # the index gives a pass's length
-    assert parse_config(["--data_dir", "/d", "--streaming", "false"]).num_epochs == 3.0
-
-
-def test_missing_data_dir_says_what_to_pass():
-    with pytest.raises(ValueError, match="--data_dir is required"):
-        parse_config(["--max_steps", "5"])
 
 
 def test_the_loaded_model_is_set_up_for_training(tiny_whisper_dir):
