@@ -1,15 +1,7 @@
-"""Score a Whisper model on CLIPS through the trainer's own evaluation path, in one process or several.
-
-    accelerate launch [--multi_gpu --num_processes 2] -m tests.evaluate_clips MODEL_DIR OUT.json
-
-`clip_trainer` is also what tests/test_evaluation.py runs in-process, so both score exactly the same thing.
-"""
+"""Clips of the sample corpus with known transcripts, and a Trainer that evaluates on them (test_evaluation.py)."""
 
 from __future__ import annotations
 
-import json
-import sys
-import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +10,7 @@ from accelerate import Accelerator
 
 from kspon_dataset.corpus import Selection
 from kspon_whisper.data import Split
-from train_accelerate import Trainer, end_distributed, parse_config
+from train_accelerate import Trainer, parse_config
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "kspon_dataset" / "sample"
 # Six espeak-ng utterances of the sample corpus' training split, the ones Whisper base transcribes best: per-clip CER
@@ -56,18 +48,3 @@ def only(ids: tuple[str, ...], *splits: Split) -> Split:
     pick = {name: np.array([getattr(data, name)[i] for data, i in found]) for name in ("source", "row", "folder")}
     selection = Selection(found[0][0].sources, **pick, tally=Counter(seen=len(found), candidates=len(found)))
     return Split(selection, selection.tally, splits[0].form)
-
-
-def main(model_dir: str, out: str) -> None:
-    accelerator = Accelerator()
-    trainer = clip_trainer(model_dir, Path(out).parent / "run", accelerator)
-    metrics = trainer.evaluate_and_log("validation")
-    if accelerator.is_main_process:
-        Path(out).write_text(json.dumps(metrics, ensure_ascii=False))
-    model = weakref.ref(trainer.model)
-    del trainer
-    end_distributed(accelerator, model)  # the trainer's own clean exit
-
-
-if __name__ == "__main__":
-    main(*sys.argv[1:])
