@@ -7,7 +7,7 @@ VENV_DATASETS3 := .venv-datasets3
 DATA_TESTS := tests/test_kspon_dataset.py tests/test_data_order.py tests/test_dataset_decoding.py
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint clean ffmpeg
+.PHONY: demo test test-fast lint clean ffmpeg
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed $(VENV_DATASETS3)/.installed ffmpeg lint
 	$(BIN)/python -m pytest -q
 	$(VENV_DATASETS3)/bin/python -m pytest -q $(DATA_TESTS)
+
+# While developing: the suite without the tests marked slow (real models, several processes), in under 3 minutes.
+test-fast: $(VENV)/.installed ffmpeg
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -63,6 +63,7 @@ def micro_batch_size(num_examples: int) -> int:
     return size
 
 
+@pytest.mark.slow
 def test_accumulating_two_micro_batches_equals_the_double_batch(train, train_ids):
     size = micro_batch_size(len(train_ids))
     accumulated, accumulated_log = train(size, 2)

@@ -66,6 +66,7 @@ def _help_entries(text: str) -> dict[str, str]:
     return entries
 
 
+@pytest.mark.slow
 def test_help_describes_every_option_with_its_default_choices_and_range():
     """`python train_accelerate.py --help` as a user runs it: no option without a description."""
     result = run_ok(

@@ -63,6 +63,7 @@ def fresh_accelerate():
     GradientState._reset_state()
 
 
+@pytest.mark.slow
 def test_the_trainer_feature_pads_its_share_of_training_examples(
     tiny_whisper_dir, tone_corpus, tmp_path, fresh_accelerate
 ):

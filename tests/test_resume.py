@@ -112,6 +112,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("streaming", "workers", "kill_at", "extra"), list(CASES.values()), ids=list(CASES))
 def test_resume_after_sigkill_is_bit_identical(
     streaming, workers, kill_at, extra, uninterrupted, dropout_whisper_dir, tone_corpus, tmp_path
@@ -143,6 +144,7 @@ def test_resume_after_sigkill_is_bit_identical(
 SAMPLE = REPO / "kspon_dataset" / "sample"
 
 
+@pytest.mark.slow
 def test_num_epochs_on_streaming_data_trains_whole_passes_and_resumes_exactly(dropout_whisper_dir, tmp_path):
     """`--num_epochs 2` with the default (streaming) data: the schedule's length comes from the index, every kept id
     is trained on once per pass, and a run killed mid-pass resumes to the same weights. The sample's train split

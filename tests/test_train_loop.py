@@ -62,6 +62,7 @@ def smoke_run(tiny_whisper_dir: Path, tone_corpus: Path, tmp_path_factory: pytes
     return {"output_dir": output_dir, "stdout": result.stdout}
 
 
+@pytest.mark.slow
 def test_smoke_run_logs_one_greppable_line_per_log_step(smoke_run):
     lines = [m.groupdict() for m in LOG_LINE.finditer(smoke_run["stdout"])]
     assert [int(line["step"]) for line in lines] == [2, 4]  # --max_steps 4 from the command line beat the YAML's 50
@@ -83,6 +84,7 @@ def test_smoke_run_logs_one_greppable_line_per_log_step(smoke_run):
     assert any(line.startswith(derived) for line in printed)
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_the_model_processor_and_generation_config(smoke_run):
     out = smoke_run["output_dir"]
     model = WhisperForConditionalGeneration.from_pretrained(out)
@@ -94,6 +96,7 @@ def test_smoke_run_writes_the_model_processor_and_generation_config(smoke_run):
     assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_metrics_predictions_and_card(smoke_run):
     out = smoke_run["output_dir"]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -115,6 +118,7 @@ def test_smoke_run_writes_metrics_predictions_and_card(smoke_run):
     assert "**Not the full official sets:** `eval_clean` (6 utterances scored; the official set has 3,000)" in card
 
 
+@pytest.mark.slow
 def test_smoke_run_checkpoints_and_logs_to_tensorboard(smoke_run):
     out = smoke_run["output_dir"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]

@@ -97,6 +97,7 @@ def test_the_final_save_is_all_or_nothing_and_push_only_checks_the_processor(tin
         check_full_model(str(out))
 
 
+@pytest.mark.slow
 def test_a_log_line_starts_its_own_line_when_stdout_and_stderr_share_a_pipe():
     # `accelerate launch … 2>&1 | tee log`: the bar is on stderr (unbuffered), the line on stdout (block-buffered
     # in a pipe). Unflushed, "step 1" lands after the bar's redraw, glued to it, and `grep ^step` misses it.

@@ -109,6 +109,7 @@ def test_every_format_writes_its_file_and_text_and_json_print_by_default(tmp_pat
     assert list(transcribe.FORMATS) == list(files)
 
 
+@pytest.mark.slow
 def test_cli_text_prints_one_line_per_file_and_reads_pcm_like_wav(offline_whisper_dir, tmp_path, capsys):
     audio, _ = sf.read(CLIP, dtype="int16")
     (tmp_path / "clip.pcm").write_bytes(audio.astype("<i2").tobytes() + b"\x07")
@@ -163,6 +164,7 @@ def test_cli_gives_compressed_audio_and_video_the_text_of_their_wav(offline_whis
             assert score([wav_text], [text])["cer"] <= 0.1, f"{path}: {text!r} where the WAV gives {wav_text!r}"
 
 
+@pytest.mark.slow
 def test_cli_writes_subtitles_per_input(offline_whisper_dir, tmp_path):
     audio, _ = sf.read(CLIP, dtype="int16")
     (tmp_path / "clip.pcm").write_bytes(audio.astype("<i2").tobytes())
