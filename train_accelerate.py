@@ -46,6 +46,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
 
+from kspon_whisper.agreement import check_machines_agree
 from kspon_whisper.checkpoints import (
     LoopState,
     capture_rng,
@@ -549,6 +550,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
         return
     accelerator = make_accelerator(cfg)
+    check_machines_agree(accelerator, cfg.data_dir, cfg.output_dir)  # same corpus copies, one shared output folder
     if cfg.push_to_hub and accelerator.is_main_process:
         accelerator.print(f"Hub: logged in as {check_hub_access(cfg.hub_model_id)}, will push to {cfg.hub_model_id}")
     if torch.cuda.is_available() and not cfg.sdpa_cudnn:

@@ -1,0 +1,154 @@
+"""Two machines simulated on one host: two `accelerate launch` commands, `--num_machines 2 --machine_rank 0|1`, one
+gloo process each, meeting at 127.0.0.1, as two nodes of a cluster would (README "Several machines").
+
+A run trains, checkpoints, loses machine 0 to a SIGKILL (machine 1 then stops by itself), resumes with the same
+commands plus `--resume_from_checkpoint latest` and ends with the weights of an uninterrupted run; every rank ends
+with the same weights and every training id is trained once per epoch across the two machines. The start-up checks
+(kspon_whisper/agreement.py) refuse, on both machines, a machine whose corpus copy lacks an archive and an output
+folder that is not shared.
+
+The sample's train split keeps 100 utterances: 50 per rank, 13 batches of 4, so 13 steps an epoch. The runs go to
+step 16: the kill comes after the checkpoint at step 10, mid-epoch, and the resumed run crosses into epoch 2.
+"""
+
+import json
+import shutil
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kspon_dataset import load_kspon
+from tests.processes import TWO_CPU_ENV, Finished, run_command
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "kspon_dataset" / "sample"
+MAX_STEPS, SAVE_EVERY, KILL_AFTER = 16, 5, "step_00000010"
+TIMEOUT_S = 180  # each machine's command; ~20 s normally
+REFUSAL_S = 60  # a refused start must end on both machines within this
+ENV = dict(TWO_CPU_ENV, PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def dropout_whisper_dir(tiny_whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Whisper with dropout, so that a resume must restore each rank's random state to match."""
+    model_dir = tmp_path_factory.mktemp("tiny_whisper_dropout")
+    shutil.copytree(tiny_whisper_dir, model_dir, dirs_exist_ok=True)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    return model_dir
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def machine_command(machine: int, port: int, model: Path, data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
+    """What one node of a two-node job runs (examples/slurm/train_2x8.sbatch, with 1 process instead of 8)."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "2", "--machine_rank", str(machine), "--main_process_ip", "127.0.0.1",
+        "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+        "train_accelerate.py", "--model_name_or_path", str(model), "--data_dir", str(data_dir),
+        "--output_dir", str(output_dir), "--max_steps", str(MAX_STEPS), "--save_every", str(SAVE_EVERY),
+        "--per_device_batch_size", "4", "--num_workers", "0", "--learning_rate", "1e-3", "--warmup_steps", "2",
+        "--gradient_checkpointing", "false", "--log_every", "1", "--eval_every", "0", "--final_eval_splits", "test",
+        "--generation_max_new_tokens", "2", "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
+def two_machines(model: Path, data_dirs: list[Path], output_dirs: list[Path], *extra: str, kill_after="") -> list:
+    """Run both machines' commands at once; with `kill_after`, SIGKILL machine 0 when it reports that checkpoint."""
+    port = free_port()
+
+    def machine(rank: int) -> Finished:
+        def saved(line: str) -> bool:
+            return rank == 0 and line.startswith("saved checkpoint") and line.rstrip().endswith(kill_after)
+
+        command = machine_command(rank, port, model, data_dirs[rank], output_dirs[rank], *extra)
+        return run_command(command, timeout_s=TIMEOUT_S, env=ENV, stop_when=saved if kill_after else None)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(machine, [0, 1]))
+    for rank, result in enumerate(results):
+        if result.timed_out or result.leftovers:
+            pytest.fail(f"machine {rank} hung or left processes behind:\n{result.log_tail()}")
+    return results
+
+
+def assert_finished(results: list[Finished]) -> str:
+    for rank, result in enumerate(results):
+        assert result.returncode == 0, f"machine {rank} exited {result.returncode}:\n{result.log_tail()}"
+    return results[0].stdout + results[0].stderr
+
+
+def records(ids_dir: Path) -> list[dict]:
+    return [json.loads((ids_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_machines_train_resume_after_a_kill_and_agree(dropout_whisper_dir, tmp_path):
+    train_ids = sorted(load_kspon(str(SAMPLE), "spelling", split_scheme="random")["train"]["id"])
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert_finished(two_machines(dropout_whisper_dir, [SAMPLE] * 2, [whole] * 2, "--trained_ids_dir", f"{whole}/ids"))
+    uninterrupted = records(whole / "ids")
+    assert uninterrupted[0]["params_sha256"] == uninterrupted[1]["params_sha256"], "the machines' weights differ"
+    first_epoch = [uid for record in uninterrupted for uid in record["ids"]["0"]]
+    assert sorted(first_epoch) == train_ids, "an epoch across the two machines is not the training split, once each"
+    second_epoch = [uid for record in uninterrupted for uid in record["ids"]["1"]]
+    assert len(second_epoch) == len(set(second_epoch)) == 2 * 3 * 4, "the 3 steps of epoch 2 repeat an id"
+
+    killed = two_machines(dropout_whisper_dir, [SAMPLE] * 2, [resumed] * 2, kill_after=KILL_AFTER)
+    assert killed[0].stopped, f"machine 0 was not killed after {KILL_AFTER}:\n{killed[0].log_tail()}"
+    assert killed[1].returncode not in (0, None), f"machine 1 went on without machine 0:\n{killed[1].log_tail()}"
+    assert not (resumed / "model.safetensors").exists()
+
+    extra = ("--trained_ids_dir", f"{resumed}/ids", "--resume_from_checkpoint", "latest")
+    log = assert_finished(two_machines(dropout_whisper_dir, [SAMPLE] * 2, [resumed] * 2, *extra))
+    assert f"Resumed from {resumed / 'checkpoints' / KILL_AFTER} at step 10" in log
+    after_resume = records(resumed / "ids")
+    for rank, (whole_record, resumed_record) in enumerate(zip(uninterrupted, after_resume, strict=True)):
+        assert resumed_record["params_sha256"] == whole_record["params_sha256"], f"rank {rank}: weights differ"
+        whole_ids, resumed_ids = (
+            [uid for ids in r["ids"].values() for uid in ids] for r in (whole_record, resumed_record)
+        )
+        assert resumed_ids and whole_ids[-len(resumed_ids) :] == resumed_ids, f"rank {rank} resumed elsewhere"
+    expected, saved = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert [name for name in expected if not torch.equal(expected[name], saved[name])] == []
+
+
+def assert_refused_on_both(results: list[Finished], *phrases: str) -> None:
+    """Both machines exit non-zero within REFUSAL_S, each printing the message with every phrase."""
+    for rank, result in enumerate(results):
+        log = result.stdout + result.stderr
+        assert result.returncode not in (0, None), f"machine {rank} exited {result.returncode}:\n{result.log_tail()}"
+        assert result.seconds < REFUSAL_S, f"machine {rank} took {result.seconds:.0f} s to stop"
+        assert all(phrase in log for phrase in phrases), f"machine {rank} does not say {phrases}:\n{result.log_tail()}"
+        assert "step 1 |" not in log, f"machine {rank} trained before the check:\n{result.log_tail()}"
+
+
+@pytest.mark.slow
+def test_a_machine_missing_an_archive_stops_every_machine(tiny_whisper_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(SAMPLE, copy)
+    (copy / "KsponSpeech_05.zip").unlink()
+    results = two_machines(tiny_whisper_dir, [SAMPLE, copy], [tmp_path / "out"] * 2)
+    assert_refused_on_both(
+        results, "do not see the same corpus", f"missing in --data_dir {copy} on", "(machine 1, rank 1)"
+    )
+    message = results[0].stderr[results[0].stderr.index("do not see the same corpus") :]
+    assert message.split("\n", 2)[1].endswith("KsponSpeech_05.zip:"), "the archive that differs is not named first"
+
+
+@pytest.mark.slow
+def test_an_output_dir_that_is_not_shared_stops_every_machine(tiny_whisper_dir, tmp_path):
+    own_folders = [tmp_path / "machine0", tmp_path / "machine1"]
+    results = two_machines(tiny_whisper_dir, [SAMPLE] * 2, own_folders)
+    assert_refused_on_both(results, f"--output_dir {own_folders[0]} is not one folder shared", "(machine 1, rank 1)")
