@@ -12,6 +12,7 @@ step 16: the kill comes after the checkpoint at step 10, mid-epoch, and the resu
 """
 
 import json
+import os
 import shutil
 import socket
 import sys
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
+from torch.distributed.checkpoint import FileSystemReader
 
 from kspon_dataset import load_kspon
 from tests.processes import TWO_CPU_ENV, Finished, run_command
@@ -31,6 +34,7 @@ MAX_STEPS, SAVE_EVERY, KILL_AFTER = 16, 5, "step_00000010"
 TIMEOUT_S = 180  # each machine's command; ~20 s normally
 REFUSAL_S = 60  # a refused start must end on both machines within this
 ENV = dict(TWO_CPU_ENV, PYTHONUNBUFFERED="1")
+FSDP_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # tests/fsdp_on_cpu.py picks the CPU itself
 
 
 @pytest.fixture(scope="module")
@@ -50,30 +54,46 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def machine_command(machine: int, port: int, model: Path, data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
-    """What one node of a two-node job runs (examples/slurm/train_2x8.sbatch, with 1 process instead of 8)."""
+# Between the machine's place (rank, address, port) and the script: one gloo CPU process per machine, DDP.
+DDP = [
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "2",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
+
+def machine_command(machine: int, port: int, launch: list[str], model: Path, data_dir: Path, output_dir: Path, *extra):
+    """What one node of a two-node job runs (examples/slurm/train_2x8.sbatch, with 1 or 2 processes instead of 8)."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "2", "--machine_rank", str(machine), "--main_process_ip", "127.0.0.1",
-        "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "accelerate.commands.launch", "--machine_rank", str(machine),
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), *launch,
         "train_accelerate.py", "--model_name_or_path", str(model), "--data_dir", str(data_dir),
-        "--output_dir", str(output_dir), "--max_steps", str(MAX_STEPS), "--save_every", str(SAVE_EVERY),
-        "--per_device_batch_size", "4", "--num_workers", "0", "--learning_rate", "1e-3", "--warmup_steps", "2",
-        "--gradient_checkpointing", "false", "--log_every", "1", "--eval_every", "0", "--final_eval_splits", "test",
-        "--generation_max_new_tokens", "2", "--report_to", "none", *extra,
+        "--output_dir", str(output_dir), "--per_device_batch_size", "4", "--num_workers", "0",
+        "--learning_rate", "1e-3", "--warmup_steps", "2", "--gradient_checkpointing", "false", "--log_every", "1",
+        "--eval_every", "0", "--final_eval_splits", "test", "--generation_max_new_tokens", "2", "--report_to", "none",
+        *extra,
     ]  # fmt: skip
 
 
-def two_machines(model: Path, data_dirs: list[Path], output_dirs: list[Path], *extra: str, kill_after="") -> list:
+def two_machines(
+    model: Path, data_dirs: list[Path], output_dirs: list[Path], *extra: str, kill_after="", launch=DDP, env=ENV
+) -> list[Finished]:
     """Run both machines' commands at once; with `kill_after`, SIGKILL machine 0 when it reports that checkpoint."""
     port = free_port()
+    extra = ("--max_steps", str(MAX_STEPS), "--save_every", str(SAVE_EVERY), *extra)
 
     def machine(rank: int) -> Finished:
         def saved(line: str) -> bool:
             return rank == 0 and line.startswith("saved checkpoint") and line.rstrip().endswith(kill_after)
 
-        command = machine_command(rank, port, model, data_dirs[rank], output_dirs[rank], *extra)
-        return run_command(command, timeout_s=TIMEOUT_S, env=ENV, stop_when=saved if kill_after else None)
+        command = machine_command(rank, port, launch, model, data_dirs[rank], output_dirs[rank], *extra)
+        return run_command(command, timeout_s=TIMEOUT_S, env=env, stop_when=saved if kill_after else None)
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(machine, [0, 1]))
@@ -152,3 +172,31 @@ def test_an_output_dir_that_is_not_shared_stops_every_machine(tiny_whisper_dir, 
     own_folders = [tmp_path / "machine0", tmp_path / "machine1"]
     results = two_machines(tiny_whisper_dir, [SAMPLE] * 2, own_folders)
     assert_refused_on_both(results, f"--output_dir {own_folders[0]} is not one folder shared", "(machine 1, rank 1)")
+
+
+@pytest.mark.slow
+def test_hybrid_sharding_over_two_machines_trains_and_resumes_exactly(tiny_whisper_dir, tmp_path):
+    """configs/fsdp_hybrid_2x8gpu.yaml at 2 x 2 CPU processes: each machine shards the model over its own processes
+    and the machines hold replicas. Through tests/fsdp_on_cpu.py, as in test_fsdp.py: without it accelerate runs an
+    FSDP config on the CPU as DDP."""
+    config = yaml.safe_load((REPO / "configs" / "fsdp_hybrid_2x8gpu.yaml").read_text())
+    config.pop("gpu_ids")
+    config.update(num_processes=4, mixed_precision="no", use_cpu=False)
+    config["parallelism_config"]["parallelism_config_dp_shard_size"] = 2
+    (tmp_path / "hybrid.yaml").write_text(yaml.safe_dump(config))
+    launch = ["--config_file", str(tmp_path / "hybrid.yaml"), "tests/fsdp_on_cpu.py"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    steps = ("--max_steps", "3", "--save_every", "2")
+    assert_finished(two_machines(tiny_whisper_dir, [SAMPLE] * 2, [whole] * 2, *steps, launch=launch, env=FSDP_ENV))
+    shards = FileSystemReader(whole / "checkpoints" / "step_00000002" / "pytorch_model_fsdp_0").read_metadata()
+    chunks = {len(tensor.chunks) for tensor in shards.state_dict_metadata.values()}
+    assert chunks == {2}, f"tensors saved in {chunks} pieces: 2 (one per process of a machine) is hybrid sharding"
+
+    shutil.copytree(whole / "checkpoints" / "step_00000002", resumed / "checkpoints" / "step_00000002")
+    extra = (*steps, "--resume_from_checkpoint", "latest")
+    log = assert_finished(
+        two_machines(tiny_whisper_dir, [SAMPLE] * 2, [resumed] * 2, *extra, launch=launch, env=FSDP_ENV)
+    )
+    assert "at step 2" in log
+    expected, saved = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert [name for name in expected if not torch.equal(expected[name], saved[name])] == []
