@@ -14,6 +14,9 @@ while it works alone (map-style preparation, the push) up to `--ddp_timeout` sec
 come from a YAML/JSON file, with the command line taking precedence: `train_accelerate.py --config configs/demo.yaml
 --learning_rate 1e-5`.
 
+Several machines (identical corpus copies, one shared --output_dir; both checked at start-up):
+`sbatch examples/slurm/train_2x8.sbatch --max_steps 20000` (README "Several machines").
+
 Kill it at any time and continue exactly where it was: `--resume_from_checkpoint latest` (checkpoints are written
 atomically to OUTPUT_DIR/checkpoints every --save_every steps). Re-push a finished run: `--push_only`.
 The Hub token comes from `HF_TOKEN` or `hf auth login`, never from the command line.
