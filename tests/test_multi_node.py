@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 from torch.distributed.checkpoint import FileSystemReader
 
 from kspon_dataset import load_kspon
+from kspon_dataset.corpus import corpus_fingerprint
+from kspon_whisper.agreement import corpus_disagreement
 from tests.processes import TWO_CPU_ENV, Finished, run_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,6 +154,39 @@ def assert_refused_on_both(results: list[Finished], *phrases: str) -> None:
         assert result.seconds < REFUSAL_S, f"machine {rank} took {result.seconds:.0f} s to stop"
         assert all(phrase in log for phrase in phrases), f"machine {rank} does not say {phrases}:\n{result.log_tail()}"
         assert "step 1 |" not in log, f"machine {rank} trained before the check:\n{result.log_tail()}"
+
+
+def test_the_corpus_fingerprint_tells_copies_apart_by_contents_not_by_dates(tmp_path):
+    """An identical copy with other modification times agrees; a copy whose ZIP differs in one CRC of its central
+    directory (same size) or lacks an archive is named, with what each machine sees."""
+    copies = {name: tmp_path / name for name in ("same", "other", "missing")}
+    for copy in copies.values():
+        shutil.copytree(SAMPLE, copy)
+    os.utime(copies["same"] / "KsponSpeech_01.zip", (0, 0))
+    altered = bytearray((copies["other"] / "KsponSpeech_02.zip").read_bytes())
+    first_entry = int.from_bytes(altered[-6:-2], "little")  # the end record's last field before the comment length
+    altered[first_entry + 16] ^= 0xFF  # a byte of the first entry's CRC-32
+    (copies["other"] / "KsponSpeech_02.zip").write_bytes(altered)
+    (copies["missing"] / "KsponSpeech_05.zip").unlink()
+
+    def view(rank: int, data_dir: Path) -> dict:  # what rank `rank` on machine `rank` gathers
+        where = {"host": f"node{rank + 1}", "machine": str(rank), "rank": rank, "data_dir": str(data_dir)}
+        return where | {"corpus": corpus_fingerprint(str(data_dir))}
+
+    def views(copy: Path) -> list[dict]:
+        return [view(0, SAMPLE), view(1, copy)]
+
+    assert corpus_disagreement(views(copies["same"])) == ""
+    other = corpus_disagreement(views(copies["other"])).splitlines()
+    assert other[1] == "  KsponSpeech_02.zip:" and other[2].endswith(
+        f"--data_dir {SAMPLE} on node1 (machine 0, rank 0)"
+    )
+    assert other[3].endswith(
+        f"(other contents, same size) in --data_dir {copies['other']} on node2 (machine 1, rank 1)"
+    )
+    missing = corpus_disagreement(views(copies["missing"])).splitlines()
+    assert missing[1] == "  KsponSpeech_05.zip:"
+    assert missing[3] == f"    missing in --data_dir {copies['missing']} on node2 (machine 1, rank 1)", missing
 
 
 @pytest.mark.slow
