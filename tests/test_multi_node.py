@@ -70,16 +70,22 @@ DDP = [
 ]
 
 
+def training_options(model: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", str(model), "--per_device_batch_size", "4", "--num_workers", "0",
+        "--learning_rate", "1e-3", "--warmup_steps", "2", "--gradient_checkpointing", "false", "--log_every", "1",
+        "--eval_every", "0", "--final_eval_splits", "test", "--generation_max_new_tokens", "2", "--report_to", "none",
+        *extra,
+    ]  # fmt: skip
+
+
 def machine_command(machine: int, port: int, launch: list[str], model: Path, data_dir: Path, output_dir: Path, *extra):
     """What one node of a two-node job runs (examples/slurm/train_2x8.sbatch, with 1 or 2 processes instead of 8)."""
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--machine_rank", str(machine),
         "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), *launch,
-        "train_accelerate.py", "--model_name_or_path", str(model), "--data_dir", str(data_dir),
-        "--output_dir", str(output_dir), "--per_device_batch_size", "4", "--num_workers", "0",
-        "--learning_rate", "1e-3", "--warmup_steps", "2", "--gradient_checkpointing", "false", "--log_every", "1",
-        "--eval_every", "0", "--final_eval_splits", "test", "--generation_max_new_tokens", "2", "--report_to", "none",
-        *extra,
+        "train_accelerate.py", "--data_dir", str(data_dir), "--output_dir", str(output_dir),
+        *training_options(model, *extra),
     ]  # fmt: skip
 
 
@@ -235,3 +241,43 @@ def test_hybrid_sharding_over_two_machines_trains_and_resumes_exactly(tiny_whisp
     assert "at step 2" in log
     expected, saved = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert [name for name in expected if not torch.equal(expected[name], saved[name])] == []
+
+
+FAKE_SLURM = {  # what the sbatch script asks of SLURM, on one host: srun starts its command once per node
+    "srun": """#!/bin/bash
+while [[ $1 == -* ]]; do shift; done
+pids=()
+for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do SLURM_NODEID=$node "$@" & pids+=($!); done
+status=0; for pid in "${pids[@]}"; do wait "$pid" || status=1; done; exit $status
+""",
+    "scontrol": "#!/bin/bash\necho 127.0.0.1; echo 127.0.0.2\n",  # `scontrol show hostnames $SLURM_JOB_NODELIST`
+}
+
+
+@pytest.mark.slow
+def test_the_slurm_example_starts_one_launcher_per_machine(tiny_whisper_dir, tmp_path):
+    """examples/slurm/train_2x8.sbatch as `sbatch` runs it, with configs/ddp_2x8gpu.yaml scaled to 1 CPU process per
+    machine: both machines train together and end with the same weights."""
+    for name, text in FAKE_SLURM.items():
+        (tmp_path / "bin" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "bin" / name).write_text(text)
+        (tmp_path / "bin" / name).chmod(0o755)
+    config = yaml.safe_load((REPO / "configs" / "ddp_2x8gpu.yaml").read_text())
+    config.pop("gpu_ids")
+    config.update(num_processes=2, mixed_precision="no")
+    (tmp_path / "ddp_2x1.yaml").write_text(yaml.safe_dump(config))
+    env = ENV | {
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": "node[1-2]",
+        "ACCELERATE_CONFIG": str(tmp_path / "ddp_2x1.yaml"),
+        "MAIN_PROCESS_PORT": str(free_port()),
+        "DATA_DIR": str(SAMPLE),
+        "OUTPUT_DIR": str(tmp_path / "out"),
+    }
+    options = training_options(tiny_whisper_dir, "--max_steps", "2", "--trained_ids_dir", str(tmp_path / "ids"))
+    result = run_command(["bash", "examples/slurm/train_2x8.sbatch", *options], timeout_s=TIMEOUT_S, env=env)
+    assert result.returncode == 0, result.log_tail()
+    ranks = records(tmp_path / "ids")
+    assert [len(record["ids"]["0"]) for record in ranks] == [2 * 4, 2 * 4], "not two ranks of 2 steps of 4 each"
+    assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]
