@@ -245,10 +245,11 @@ def test_hybrid_sharding_over_two_machines_trains_and_resumes_exactly(tiny_whisp
 
 FAKE_SLURM = {  # what the sbatch script asks of SLURM, on one host: srun starts its command once per node
     "srun": """#!/bin/bash
-while [[ $1 == -* ]]; do shift; done
-pids=()
-for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do SLURM_NODEID=$node "$@" & pids+=($!); done
-status=0; for pid in "${pids[@]}"; do wait "$pid" || status=1; done; exit $status
+while [[ $1 == -* ]]; do shift; done  # as with --kill-on-bad-exit: the first task to fail ends the others
+for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do SLURM_NODEID=$node "$@" & done
+for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do
+    if ! wait -n; then kill $(jobs -p) 2>/dev/null; wait; exit 1; fi
+done
 """,
     "scontrol": "#!/bin/bash\necho 127.0.0.1; echo 127.0.0.2\n",  # `scontrol show hostnames $SLURM_JOB_NODELIST`
 }
