@@ -7,8 +7,8 @@ others never, and nothing else notices. And every rank writes its data position 
 0 then verifies whole, so a machine-local `--output_dir` breaks every checkpoint and every resume.
 
 `check_machines_agree` runs on every rank before the model loads. Each rank fingerprints the corpus it sees (each
-archive's size and central-directory digest, `kspon_dataset.corpus.corpus_fingerprint`; ~0.2 s for the whole corpus,
-benchmarks/startup_checks.py) and looks for a file rank 0 has just written into `--output_dir`. The views are
+archive's size and central-directory digest, `kspon_dataset.corpus.corpus_fingerprint`; 0.2-0.4 s for the whole
+corpus, benchmarks/startup_checks.py) and looks for a file rank 0 has just written into `--output_dir`. The views are
 gathered on every rank, so a disagreement raises the same message everywhere, naming the machine and the archive, and
 no rank is left waiting at a collective.
 """
@@ -39,7 +39,7 @@ POLL_S = 0.1
 def check_machines_agree(accelerator: Accelerator, data_dir: str, output_dir: str) -> None:
     """Raise on every rank, with one message naming the machines, unless every rank sees identical corpus archives in
     `data_dir` and one shared `output_dir`. Every rank must call this."""
-    # Each rank looks in its own --output_dir for the file that rank 0 wrote into its own (same path, same folder?).
+    # Rank 0 writes a file into its --output_dir and every rank looks for it in its own: only a shared folder shows it.
     marker = Path(output_dir) / on_rank_zero(accelerator, partial(write_marker, Path(output_dir)))
     fingerprint = on_every_rank(accelerator, partial(corpus_fingerprint, data_dir))  # a broken ZIP stops all ranks
     view = {
@@ -69,6 +69,7 @@ def write_marker(output_dir: Path) -> str:
 
 
 def sees(marker: Path) -> bool:
+    """Whether this rank finds rank 0's file, waiting a little for a shared file system to show it."""
     deadline = time.monotonic() + SHARED_FILE_WAIT_S
     while True:
         with contextlib.suppress(OSError):
