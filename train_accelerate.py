@@ -14,6 +14,9 @@ while it works alone (map-style preparation, the push) up to `--ddp_timeout` sec
 come from a YAML/JSON file, with the command line taking precedence: `train_accelerate.py --config configs/demo.yaml
 --learning_rate 1e-5`.
 
+Several machines (identical corpus copies, one shared --output_dir; both checked at start-up):
+`sbatch examples/slurm/train_2x8.sbatch --max_steps 20000` (README "Several machines").
+
 Kill it at any time and continue exactly where it was: `--resume_from_checkpoint latest` (checkpoints are written
 atomically to OUTPUT_DIR/checkpoints every --save_every steps). Re-push a finished run: `--push_only`.
 The Hub token comes from `HF_TOKEN` or `hf auth login`, never from the command line.
@@ -46,6 +49,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, get_scheduler
 
+from kspon_whisper.agreement import check_machines_agree
 from kspon_whisper.checkpoints import (
     LoopState,
     capture_rng,
@@ -549,6 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pushed: {push_output_dir(cfg.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")
         return
     accelerator = make_accelerator(cfg)
+    check_machines_agree(accelerator, cfg.data_dir, cfg.output_dir)  # same corpus copies, one shared output folder
     if cfg.push_to_hub and accelerator.is_main_process:
         accelerator.print(f"Hub: logged in as {check_hub_access(cfg.hub_model_id)}, will push to {cfg.hub_model_id}")
     if torch.cuda.is_available() and not cfg.sdpa_cudnn:

@@ -103,6 +103,21 @@ def check_zip(path: str) -> None:
     _central_directory(path)
 
 
+def source_fingerprint(source: str) -> tuple[int, str]:
+    """(bytes, sha256) of an archive: its size and the digest of its central directory, which lists every member's
+    name, size and CRC (a few MB of a ~14 GB ZIP, so cheap to read); of an extracted folder, its files' total size and
+    the digest of their names and sizes. Unlike the index cache's key, no mtime: copies of one file agree."""
+    digest = hashlib.sha256()
+    if source.endswith(".zip"):
+        digest.update(_central_directory(source)[0])
+        return os.path.getsize(source), digest.hexdigest()
+    total = 0
+    for name, (*_, size, _crc, _method) in sorted(_folder_members(source)):
+        digest.update(f"{name}\0{size}\n".encode())
+        total += size
+    return total, digest.hexdigest()
+
+
 def _zip_members(path: str) -> Iterable[tuple[str, tuple[int, int, int, int, int]]]:
     """(name, (offset, compressed size, size, crc, method)) for each entry of the central directory."""
     directory, count = _central_directory(path)

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
 import struct
 from collections import Counter
@@ -29,6 +30,7 @@ from .archives import (
     index_source,
     read_file,
     read_named_file,
+    source_fingerprint,
     uid_string,
 )
 from .normalize import decode_transcript, normalize_transcript
@@ -123,12 +125,13 @@ def missing_data_dir_message(data_dir: str | None, config_name: str) -> str:
     )
 
 
-def find_sources(data_dir: str) -> CorpusSources:
+def find_sources(data_dir: str, warn: bool = True) -> CorpusSources:
     """Find each archive as a .zip or an extracted folder; refuse split downloads and broken ZIPs by name."""
     root = Path(data_dir)
     _refuse_unjoined_parts(root)
     train = tuple(src for name in TRAIN_ARCHIVES if (src := _archive(root, name)) is not None)
-    _warn_about_missing_archives(root, train)
+    if warn:
+        _warn_about_missing_archives(root, train)
     eval_source = _archive(root, EVAL_ARCHIVE) or _first_dir(root, "eval_clean", "eval_other")
     scripts = _archive(root, SCRIPTS_ARCHIVE) or (str(root) if any(root.glob("*.trn")) else None)
     if not train and eval_source is None:
@@ -137,6 +140,14 @@ def find_sources(data_dir: str) -> CorpusSources:
             f"{EVAL_ARCHIVE}.zip (or their extracted folders). Found: {sorted(p.name for p in root.iterdir())[:20]}"
         )
     return CorpusSources(train=train, eval=eval_source, scripts=scripts)
+
+
+def corpus_fingerprint(data_dir: str) -> dict[str, tuple[int, str]]:
+    """{archive: (bytes, sha256)} for every source `find_sources` uses, named as in data_dir ("KsponSpeech_05.zip",
+    "." for transcripts or eval folders found at its top): machines whose copies agree here read the same corpus."""
+    sources = find_sources(data_dir, warn=False)  # the warnings come once, when the data is loaded
+    found = {s for s in (*sources.train, sources.eval, sources.scripts) if s is not None}
+    return {os.path.relpath(s, data_dir): source_fingerprint(s) for s in sorted(found)}
 
 
 def _warn_about_missing_archives(root: Path, found: tuple[str, ...]) -> None:
