@@ -20,6 +20,7 @@ from kspon_dataset.corpus import SPLIT_SCHEMES
 from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
 
 from .export import QUANTIZATIONS, check_export_options
+from .extra_data import SpeechSet, speech_sets
 from .inference import MAX_NEW_TOKENS, NUM_BEAMS
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ class TrainConfig:
         default=512, metadata={"help": "validation utterances per periodic evaluation (None: all); final ones use all"}
     )
     eval_before_training: bool = field(
-        default=False, metadata={"help": "score the validation split once before the first step"}
+        default=False,
+        metadata={"help": "score validation and the --eval_datasets once before the first step (the card shows both)"},
     )
     final_eval_splits: list[str] = field(
         default_factory=lambda: ["test", "eval_clean", "eval_other"],
@@ -167,6 +169,25 @@ class TrainConfig:
             "choices": HELD_OUT_SPLITS,
             "metavar": "SPLIT",
         },
+    )
+    eval_datasets: str | None = field(
+        default=None,
+        metadata={
+            "help": "other speech sets scored beside validation at every evaluation and at the end: Hub ids or local "
+            "paths (an audiofolder, a folder of Parquet files), joined with '+' (google/fleurs+/data/clips); "
+            "transcripts normalised by the plain rule (README)"
+        },
+    )
+    eval_dataset_config_name: str | None = field(
+        default=None, metadata={"help": "config of each --eval_datasets set ('+'-joined, one for all or one per set)"}
+    )
+    eval_split_name: str = field(default="test", metadata={"help": "split of each --eval_datasets set ('+'-joined)"})
+    eval_text_column_name: str = field(
+        default="text", metadata={"help": "transcript column of each --eval_datasets set ('+'-joined)"}
+    )
+    eval_audio_column_name: str = field(
+        default="audio",
+        metadata={"help": "audio column of each --eval_datasets set ('+'-joined), resampled to 16 kHz"},
     )
     num_beams: int = field(default=NUM_BEAMS, metadata={"help": "beam size for generation during evaluation"})
     generation_max_new_tokens: int = field(
@@ -273,11 +294,19 @@ class TrainConfig:
             )
         if isinstance(self.final_eval_splits, str):  # `final_eval_splits: test` in YAML is one name, not letters
             self.final_eval_splits = self.final_eval_splits.replace(",", " ").split()
+        self.eval_sets()  # a '+'-joined option with the wrong number of values fails now
         unknown = sorted(set(self.final_eval_splits) - set(HELD_OUT_SPLITS))
         if unknown:
             raise ValueError(
                 f"--final_eval_splits {unknown} are not splits of KsponSpeech; choose from {HELD_OUT_SPLITS}."
             )
+
+    def eval_sets(self) -> list[SpeechSet]:
+        """The --eval_datasets, one SpeechSet each."""
+        names = ("eval_datasets", "eval_dataset_config_name", "eval_split_name", "eval_text_column_name")
+        options = tuple(f"--{name}" for name in (*names, "eval_audio_column_name"))
+        values = [getattr(self, name) for name in names]
+        return speech_sets(*values, self.eval_audio_column_name, options=options)
 
     @classmethod
     def choices(cls) -> dict[str, tuple]:
