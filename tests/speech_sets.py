@@ -22,7 +22,7 @@ def clips(split: str, count: int) -> list[tuple[str, str, np.ndarray]]:
 
 
 def _at_rate(samples: np.ndarray, rate: int) -> np.ndarray:
-    """16 kHz as is, or 8 kHz: pairs of samples averaged (a crude low-pass; espeak-ng's voice has little above 4 kHz)."""
+    """16 kHz as is, or 8 kHz: pairs of samples averaged (a crude low-pass; espeak-ng has little above 4 kHz)."""
     if rate == SAMPLE_RATE:
         return samples
     if rate != SAMPLE_RATE // 2:
