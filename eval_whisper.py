@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
             "other_sets": {
                 label: dataclasses.asdict(spec) for label, spec in zip(other_sets, args.other_sets, strict=True)
             },
-            "other_sets_text_normalization": PLAIN_TEXT_NORMALIZATION,
+            "other_sets_text_normalization": f"plain: {PLAIN_TEXT_NORMALIZATION}",
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         (output_dir / "metrics.json").write_text(json.dumps(results | {"settings": settings}, indent=2))

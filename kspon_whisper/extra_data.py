@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 PLAIN = "plain"
 PLAIN_TEXT_NORMALIZATION = (
-    "plain: Unicode NFC, whitespace runs collapsed to one space, ends stripped; nothing else is removed or rewritten "
+    "Unicode NFC, whitespace runs collapsed to one space, ends stripped; nothing else is removed or rewritten "
     "(KsponSpeech's ETRI tag stripping does not apply). NFC, not NFKC: NFKC turns compatibility jamo such as ㅋ into "
     "conjoining jamo that Whisper never writes."
 )

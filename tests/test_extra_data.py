@@ -180,7 +180,7 @@ def test_the_card_has_one_model_index_entry_per_set_and_zero_shot_beside_fine_tu
     for name, card_name in zip(SETS, ("clips16k", "clips8k"), strict=True):
         assert by_name[name]["dataset"] == {"name": name, "type": card_name, "split": "train"}  # no local path
         assert sorted(metric["type"] for metric in by_name[name]["metrics"]) == sorted(SCORES)
-    assert "transcripts were normalised by the plain: Unicode NFC" in card
+    assert "Their transcripts were first normalised by the `plain` rule:\nUnicode NFC" in card
     assert "What fine-tuning changed, before (the base model, zero-shot) -> after" in card
     for name in SETS:
         assert re.search(rf"^\| {name} \| 2 -> 4 \| [\d.]+ -> [\d.]+ \|", card, re.MULTILINE), name
