@@ -60,6 +60,7 @@ from kspon_whisper.checkpoints import (
 from kspon_whisper.config import TrainConfig, check_splits, parse_options
 from kspon_whisper.data import (
     DeviceInputs,
+    MixedSplit,
     PassCounter,
     batches_per_pass,
     load_splits,
@@ -241,7 +242,10 @@ class Trainer:
                 cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
             )
             other_sets = load_speech_sets(cfg.eval_sets(), "--eval_datasets")
+            train_sets = load_speech_sets(cfg.train_sets(), "--train_datasets")
         check_splits(cfg, self.splits)
+        if train_sets:  # interleaved by weight, KsponSpeech read once a pass (data.MixedSplit)
+            self.splits["train"] = MixedSplit(self.splits["train"], train_sets, cfg.train_weights(), cfg.seed)
         self.splits |= other_sets
         self.eval_splits = ["validation", *other_sets]  # scored at every evaluation
         self.train_loader = self.loader("train", shuffle=True)
@@ -396,11 +400,11 @@ class Trainer:
 
     def end_of_pass(self) -> None:
         state = self.state
-        line, counts = PassCounter(self.splits["train"], state.train_counts).line(
-            f"train pass {state.epoch + 1}", self.accelerator
-        )
+        counter = PassCounter(self.splits["train"], state.train_counts)
+        line, counts = counter.line(f"train pass {state.epoch + 1}", self.accelerator)
         steps, state.pass_start_step = state.step - state.pass_start_step, state.step
-        self.say(f"{line} | {steps} optimizer steps of {self.planned_pass_steps} planned")
+        self.say("\n".join([f"{line} | {steps} optimizer steps of {self.planned_pass_steps} planned",
+                             *counter.source_lines(counts)]))  # fmt: skip
         self.data_counts["train"] = dict(counts)
 
     def count_trained(self, window: list[tuple[dict, float]]) -> None:
