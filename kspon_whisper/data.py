@@ -179,7 +179,6 @@ class MixedSplit:
         self.starts = np.cumsum([len(primary), *self.draws])  # first code after each source
         self.form = primary.form
         self.tally = primary.tally + Counter(seen=sum(self.draws))
-        self._epoch_rows: tuple[int, list[np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -188,19 +187,20 @@ class MixedSplit:
         """name -> draws per pass; KsponSpeech's are its utterances the index keeps."""
         return {"KsponSpeech": len(self.primary)} | dict(zip(self.others, self.draws, strict=True))
 
-    def read(self, code: int, epoch: int) -> dict:
+    def epoch_rows(self, epoch: int) -> list[np.ndarray]:
+        """Each other set's rows drawn in this epoch, in code order: a function of (seed, epoch) alone."""
+        rows = []
+        for index, (split, wanted) in enumerate(zip(self.others.values(), self.draws, strict=True)):
+            rng = np.random.default_rng([self.seed, epoch, index + 1])
+            rows.append(np.concatenate([rng.permutation(len(split)) for _ in range(-(-wanted // len(split)))]))
+        return [drawn[:wanted] for drawn, wanted in zip(rows, self.draws, strict=True)]
+
+    def read(self, code: int, epoch_rows: list[np.ndarray]) -> dict:
         source = int(np.searchsorted(self.starts, code, side="right"))
         if source == 0:
             return read_row(self.primary, code)
-        if self._epoch_rows is None or self._epoch_rows[0] != epoch:
-            self._epoch_rows = (epoch, [self._rows(i, epoch) for i in range(len(self.others))])
-        row = self._epoch_rows[1][source - 1][code - self.starts[source - 1]]
+        row = epoch_rows[source - 1][code - self.starts[source - 1]]
         return read_row(list(self.others.values())[source - 1], int(row))
-
-    def _rows(self, index: int, epoch: int) -> np.ndarray:
-        size, wanted = len(list(self.others.values())[index]), self.draws[index]
-        rng = np.random.default_rng([self.seed, epoch, index + 1])
-        return np.concatenate([rng.permutation(size) for _ in range(-(-wanted // size))])[:wanted]
 
 
 def source_of(uid: str) -> str:
@@ -211,8 +211,12 @@ def source_of(uid: str) -> str:
 class MixedStream(UtteranceStream):
     """A `MixedSplit` in `rank_order`: the codes of its draws, sharded and resumed as KsponSpeech's positions are."""
 
+    _rows: tuple[int, list[np.ndarray]] | None = None  # (epoch, its MixedSplit.epoch_rows), made once per worker
+
     def read(self, position: int) -> dict:
-        return self.split.read(position, self.epoch)
+        if self._rows is None or self._rows[0] != self.epoch:
+            self._rows = (self.epoch, self.split.epoch_rows(self.epoch))
+        return self.split.read(position, self._rows[1])
 
 
 @dataclass

@@ -183,3 +183,21 @@ def test_whole_passes_on_the_mixture_say_what_each_source_kept(tiny_whisper_dir,
     log = run_ok(command + ["--num_epochs", "1"], timeout_s=300, env=ENV).stdout
     assert "train pass 1: kept 143 of 145 utterances (too_short: 1, empty_text: 1) | 18 optimizer steps" in log
     assert "  clips8k-train: kept 14 of 14 utterances (none skipped)" in log
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ("0.2", "must give each of the 2 --train_datasets sets a share"),
+        ("0.6+0.4", "together less than 1"),
+        ("0.2+0", "each more than 0"),
+        ("0.2+x", "must give each of the 2"),
+    ],
+)
+def test_weights_that_do_not_fit_are_refused_before_anything_loads(weights, message):
+    from train_accelerate import parse_config
+
+    with pytest.raises(ValueError, match=message):
+        parse_config(["--data_dir", str(SAMPLE), "--train_datasets", "a+b", "--train_dataset_weights", weights])
+    with pytest.raises(ValueError, match="weighs the --train_datasets sets: give those too"):
+        parse_config(["--data_dir", str(SAMPLE), "--train_dataset_weights", "0.2"])
