@@ -26,6 +26,7 @@ CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 OFFICIAL_EVAL_SPLITS = {"eval_clean": 3000, "eval_other": 3000}  # the official evaluation sets and their sizes
 FRAMEWORKS = ("transformers", "torch", "accelerate", "datasets", "huggingface_hub")
 # Not hyperparameters: where the run read and wrote, and how it published. Local paths do not belong in a card.
+DATASET_OPTIONS = ("eval_datasets", "train_datasets")  # Hub ids stay; local paths are cut to their last part
 NOT_HYPERPARAMETERS = {"data_dir", "output_dir", "resume_from_checkpoint", "trained_ids_dir", "push_only"}
 
 
@@ -106,7 +107,10 @@ def write_model_card(
         lora_sentence=lora_sentence(hyperparameters),
         feature_padding=f"{share:.0%}" if (share := hyperparameters.get("feature_padding_probability")) else None,
         ct2_folders=sorted(p.name for p in output_dir.glob("ct2-*") if (p / "model.bin").is_file()),
-        hyperparameters=sorted((k, v) for k, v in hyperparameters.items() if k not in NOT_HYPERPARAMETERS),
+        hyperparameters=sorted(
+            (k, _without_local_paths(k, v)) for k, v in hyperparameters.items() if k not in NOT_HYPERPARAMETERS
+        ),
+        train_sets=_train_sets(hyperparameters),
         versions=[(name, importlib.metadata.version(name)) for name in FRAMEWORKS],  # all are requirements
         kspon_citation=KSPON_CITATION.strip(),
     )
@@ -114,6 +118,23 @@ def write_model_card(
     card.save(output_dir / "README.md")
     logger.info("Wrote model card %s", output_dir / "README.md")
     return output_dir / "README.md"
+
+
+def _without_local_paths(key: str, value: object) -> object:
+    """--eval_datasets / --train_datasets with each local folder by its name: a card carries no local paths."""
+    if key not in DATASET_OPTIONS or not value:
+        return value
+    return "+".join(Path(name).name if Path(name).exists() else name for name in str(value).split("+"))
+
+
+def _train_sets(hyperparameters: dict) -> list[tuple[str, str]]:
+    """(dataset, share of the training examples) for KsponSpeech and each --train_datasets set."""
+    names = str(_without_local_paths("train_datasets", hyperparameters.get("train_datasets")) or "")
+    if not names:
+        return []
+    weights = [float(w) for w in str(hyperparameters["train_dataset_weights"]).split("+")]
+    shares = [("KsponSpeech", 1 - sum(weights)), *zip(names.split("+"), weights, strict=True)]
+    return [(name, f"{share:.0%}") for name, share in shares]
 
 
 def _dataset(split: str, other_sets: dict[str, SpeechSet], dataset_config: str) -> dict[str, str | None]:

@@ -182,6 +182,7 @@ def test_the_card_has_one_model_index_entry_per_set_and_zero_shot_beside_fine_tu
         assert sorted(metric["type"] for metric in by_name[name]["metrics"]) == sorted(SCORES)
     assert "Their transcripts were first normalised by the `plain` rule:\nUnicode NFC" in card
     assert "What fine-tuning changed, before (the base model, zero-shot) -> after" in card
+    assert "| eval_datasets | clips16k+clips8k |" in card and "speech_sets" not in card  # no local paths
     for name in SETS:
         assert re.search(rf"^\| {name} \| 2 -> 4 \| [\d.]+ -> [\d.]+ \|", card, re.MULTILINE), name
 

@@ -165,6 +165,9 @@ def test_training_on_the_mixture_resumes_exactly(tiny_whisper_dir, sets, tmp_pat
     ids = json.loads((straight / "ids" / "rank0.json").read_text())["ids"]["0"]
     assert len(ids) == len(set(ids)) >= MAX_STEPS * 8 - 1  # no repeats; the empty transcript may fall in here
     assert {source_of(uid) for uid in ids} == WEIGHTS.keys()
+    card = (straight / "README.md").read_text()
+    assert "training examples: KsponSpeech 70%, clips16k 20%, clips8k 10%." in card
+    assert "| train_datasets | clips16k+clips8k |" in card and str(sets["parquet8k"]) not in card  # no local paths
 
     resumed = tmp_path / "resumed"
     command = train_command(tiny_whisper_dir, sets, resumed, 4)
