@@ -1,10 +1,15 @@
-"""Score any Whisper on KsponSpeech: CER, WER, sWER and space-free CER on the official evaluation sets.
+"""Score any Whisper on KsponSpeech (CER, WER, sWER and space-free CER on the official evaluation sets), and on
+any other speech set of the Hub or on disk.
 
     accelerate launch eval_whisper.py --model openai/whisper-large-v3 --data_dir /data/KsponSpeech \\
         --output_dir runs/eval-large-v3 --per_device_batch_size 32
 
     accelerate launch --config_file configs/ddp_8gpu.yaml eval_whisper.py --model me/whisper-large-v3-ko ...
     python eval_whisper.py --model models/whisper-base --data_dir kspon_dataset/sample   # CPU, the sample corpus
+
+    # any Hugging Face speech set, by Hub id or local path (audiofolder, Parquet), several joined with '+'
+    accelerate launch eval_whisper.py --model me/whisper-large-v3-ko --dataset_name google/fleurs \
+        --dataset_config_name ko_kr --eval_split_name test --text_column_name transcription
 
 `--data_dir` needs only KsponSpeech_eval.zip for the default splits (eval_clean, eval_other). Decoding is the
 trainer's final evaluation exactly (`kspon_whisper.evaluation.evaluate_split`: Korean transcription, greedy unless
@@ -16,6 +21,7 @@ the CPU. Any number of processes gives the same predictions and metrics. Writes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -29,6 +35,7 @@ from kspon_dataset.corpus import SPLIT_SCHEMES
 from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
 from kspon_whisper.data import DeviceInputs, load_splits, make_dataloader, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, loop_report, print_line, write_predictions
+from kspon_whisper.extra_data import PLAIN_TEXT_NORMALIZATION, load_speech_sets, speech_sets
 from kspon_whisper.inference import (
     MAX_NEW_TOKENS,
     NUM_BEAMS,
@@ -40,13 +47,27 @@ from kspon_whisper.inference import (
 from kspon_whisper.metrics import METRICS, SCORING_NORMALIZATION, format_scores
 
 DEFAULT_SPLITS = ("eval_clean", "eval_other")
+OTHER_SET_OPTIONS = ("dataset_name", "dataset_config_name", "eval_split_name", "text_column_name", "audio_column_name")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="Hub id or local folder of a Whisper checkpoint")
-    parser.add_argument("--data_dir", required=True, help="folder holding KsponSpeech_eval.zip (and the others)")
-    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="splits to score, in this order")
+    parser.add_argument("--data_dir", help="folder holding KsponSpeech_eval.zip (and the others)")
+    parser.add_argument(
+        "--splits", nargs="+", help=f"KsponSpeech splits to score, in this order (default: {' '.join(DEFAULT_SPLITS)})"
+    )
+    parser.add_argument(
+        "--dataset_name",
+        help="other speech sets to score, after the KsponSpeech splits: Hub ids or local paths (an audiofolder, a "
+        "folder of Parquet files) joined with '+'; their transcripts are normalised by the plain rule (README)",
+    )
+    parser.add_argument("--dataset_config_name", help="config of each --dataset_name set ('+'-joined)")
+    parser.add_argument("--eval_split_name", default="test", help="split of each --dataset_name set ('+'-joined)")
+    parser.add_argument("--text_column_name", default="text", help="transcript column of each set ('+'-joined)")
+    parser.add_argument(
+        "--audio_column_name", default="audio", help="audio column of each set ('+'-joined); resampled to 16 kHz"
+    )
     parser.add_argument("--output_dir", default="runs/eval", help="where predictions, metrics and the table go")
     parser.add_argument("--num_beams", type=int, default=NUM_BEAMS, help="beam size (1: greedy)")
     parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="cap on tokens per utterance")
@@ -74,6 +95,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="autocast over fp32 weights, as the trainer evaluates; default bf16 on a GPU, none on the CPU",
     )
     args = parser.parse_args(argv)
+    if args.data_dir is None and args.dataset_name is None:
+        parser.error("give --data_dir (KsponSpeech) or --dataset_name (another speech set), or both")
+    if args.splits is None:
+        args.splits = list(DEFAULT_SPLITS) if args.data_dir else []
+    elif args.data_dir is None:
+        parser.error("--splits names KsponSpeech splits: give --data_dir too")
+    try:
+        args.other_sets = speech_sets(
+            args.dataset_name,
+            args.dataset_config_name,
+            args.eval_split_name,
+            args.text_column_name,
+            args.audio_column_name,
+            options=tuple(f"--{name}" for name in OTHER_SET_OPTIONS),
+        )
+    except ValueError as err:
+        parser.error(str(err))
     for name in ("num_beams", "max_new_tokens", "per_device_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -92,14 +130,21 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"eval_whisper.py: {err}")
     settings = GenerationSettings(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     settings.generate_kwargs(model.config, long_form=False)  # a budget that does not fit fails now
-    with accelerator.main_process_first():  # rank 0 indexes the archives first; the others map its cache
-        splits = load_splits(args.data_dir, config=args.dataset_config, split_scheme=args.split_scheme, streaming=True)
+    with accelerator.main_process_first():  # rank 0 indexes the archives (and prepares other sets) first
+        splits = {}
+        if args.data_dir:
+            splits = load_splits(
+                args.data_dir, config=args.dataset_config, split_scheme=args.split_scheme, streaming=True
+            )
+        other_sets = load_speech_sets(args.other_sets, "--dataset_name")
     missing = [split for split in args.splits if split not in splits]
     if missing:
         raise ValueError(
             f"--splits {' '.join(missing)}: not in {args.data_dir}, which provides {', '.join(sorted(splits))}. "
             "eval_clean and eval_other need KsponSpeech_eval.zip; validation and test need KsponSpeech_01..05.zip."
         )
+    splits |= other_sets
+    names = [*args.splits, *other_sets]
     batcher = speech_batcher(processor, model.config, log_mel_on_device=True)
     device_inputs = DeviceInputs(processor, accelerator.device)
     output_dir = Path(args.output_dir)
@@ -109,12 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
             print_line(message)
 
     say(
-        f"{args.model}: {', '.join(args.splits)} | {accelerator.num_processes} process(es) on "
+        f"{args.model}: {', '.join(names)} | {accelerator.num_processes} process(es) on "
         f"{accelerator.device.type} | mixed precision {accelerator.mixed_precision} | num_beams {args.num_beams} | "
         f"max_new_tokens {args.max_new_tokens} | batch {args.per_device_batch_size} per process"
     )
     results = {}
-    for name in args.splits:
+    for name in names:
         loader = make_dataloader(
             splits[name],
             batcher,
@@ -155,6 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
             "num_processes": accelerator.num_processes,
             "max_samples": args.max_samples,
             "scoring_normalization": SCORING_NORMALIZATION,
+            "other_sets": {
+                label: dataclasses.asdict(spec) for label, spec in zip(other_sets, args.other_sets, strict=True)
+            },
+            "other_sets_text_normalization": f"plain: {PLAIN_TEXT_NORMALIZATION}",
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         (output_dir / "metrics.json").write_text(json.dumps(results | {"settings": settings}, indent=2))

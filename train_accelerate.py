@@ -64,6 +64,7 @@ from kspon_whisper.checkpoints import (
 from kspon_whisper.config import TrainConfig, check_splits, parse_options
 from kspon_whisper.data import (
     DeviceInputs,
+    MixedSplit,
     PassCounter,
     batches_per_pass,
     load_splits,
@@ -73,6 +74,7 @@ from kspon_whisper.data import (
 )
 from kspon_whisper.evaluation import evaluate_split, print_line, write_predictions
 from kspon_whisper.export import export_ct2
+from kspon_whisper.extra_data import load_speech_sets
 from kspon_whisper.hub import check_hub_access, push_output_dir
 from kspon_whisper.inference import GenerationSettings, set_korean_transcription
 from kspon_whisper.lora import add_lora, merge_lora, parameter_line
@@ -243,7 +245,13 @@ class Trainer:
             self.splits = load_splits(
                 cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
             )
+            other_sets = load_speech_sets(cfg.eval_sets(), "--eval_datasets")
+            train_sets = load_speech_sets(cfg.train_sets(), "--train_datasets")
         check_splits(cfg, self.splits)
+        if train_sets:  # interleaved by weight, KsponSpeech read once a pass (data.MixedSplit)
+            self.splits["train"] = MixedSplit(self.splits["train"], train_sets, cfg.train_weights(), cfg.seed)
+        self.splits |= other_sets
+        self.eval_splits = ["validation", *other_sets]  # scored at every evaluation
         self.train_loader = self.loader("train", shuffle=True)
         self.data_counts: dict[str, dict] = {}  # split -> "kept N of M" counts of its last whole pass
         optimizer = torch.optim.AdamW(
@@ -264,7 +272,7 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
         self.state = LoopState()
-        self.before_training: dict | None = None  # validation metrics of the untouched model, when asked for
+        self.before_training: dict | None = None  # split -> metrics of the untouched model, when asked for
         self.trained_ids: dict[int, list[str]] = {}  # epoch -> ids of real batches, kept only with trained_ids_dir
 
     def say(self, message: str) -> None:
@@ -342,7 +350,7 @@ class Trainer:
         resumed = self.resume() if cfg.resume_from_checkpoint else None
         state = self.state
         if cfg.eval_before_training and state.step == 0:
-            self.before_training = self.evaluate_and_log("validation", cfg.max_eval_samples)
+            self.before_training = self.evaluate_all(self.eval_splits, cfg.max_eval_samples)
         bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not acc.is_local_main_process)
         tally = {"loss": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter(), "grad_norm": float("nan")}
         while state.step < self.max_steps and state.epoch < self.max_passes:
@@ -365,7 +373,7 @@ class Trainer:
                 if state.step % cfg.log_every == 0 or last_step:
                     self.log_window(tally)
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and not last_step:
-                    self.evaluate_and_log("validation", cfg.max_eval_samples)
+                    self.evaluate_all(self.eval_splits, cfg.max_eval_samples)
                 if (cfg.save_every and state.step % cfg.save_every == 0) or last_step:
                     self.save_checkpoint()
                 if last_step and state.step - state.pass_start_step < self.planned_pass_steps:
@@ -396,11 +404,11 @@ class Trainer:
 
     def end_of_pass(self) -> None:
         state = self.state
-        line, counts = PassCounter(self.splits["train"], state.train_counts).line(
-            f"train pass {state.epoch + 1}", self.accelerator
-        )
+        counter = PassCounter(self.splits["train"], state.train_counts)
+        line, counts = counter.line(f"train pass {state.epoch + 1}", self.accelerator)
         steps, state.pass_start_step = state.step - state.pass_start_step, state.step
-        self.say(f"{line} | {steps} optimizer steps of {self.planned_pass_steps} planned")
+        self.say("\n".join([f"{line} | {steps} optimizer steps of {self.planned_pass_steps} planned",
+                             *counter.source_lines(counts)]))  # fmt: skip
         self.data_counts["train"] = dict(counts)
 
     def count_trained(self, window: list[tuple[dict, float]]) -> None:
@@ -465,6 +473,9 @@ class Trainer:
             self.data_counts[split] = dict(result.counts)
         return metrics | {"records": result.records}
 
+    def evaluate_all(self, splits: list[str], max_samples: int | None = None) -> dict[str, dict]:
+        return {split: self.evaluate_and_log(split, max_samples) for split in splits if split in self.splits}
+
     def save_checkpoint(self) -> None:
         self.state.saved_step = self.state.step
         state = dataclasses.replace(self.state, data_position=self.train_loader.state_dict(), rng=capture_rng())
@@ -487,10 +498,9 @@ class Trainer:
         # A full disk on rank 0 must stop every rank here, not leave them waiting in the evaluation's collectives.
         save = partial(save_final_model, model, state_dict, self.processor, self.output_dir)
         on_rank_zero(acc, save)
-        splits = [split for split in ["validation", *cfg.final_eval_splits] if split in self.splits]
-        results = {split: self.evaluate_and_log(split) for split in splits}
+        results = self.evaluate_all(["validation", *cfg.final_eval_splits, *self.eval_splits[1:]])
         if self.before_training is not None:
-            before, after = self.before_training, results["validation"]
+            before, after = self.before_training["validation"], results["validation"]
             self.say(
                 f"validation CER before training {before['cer']:.4f} ({before['num_scored']} utterances) -> after "
                 f"{after['cer']:.4f} ({after['num_scored']}); space-free {before['cer_nospace']:.4f} -> "
@@ -507,7 +517,11 @@ class Trainer:
         state = self.state
         summary = {"step": state.step, "skipped_steps": state.skipped_steps, "labels_too_long": state.labels_too_long}
         summary["data"] = self.data_counts  # kept N of M, by reason, for each split's last whole pass
-        (self.output_dir / "metrics.json").write_text(json.dumps(results | {"train": summary}, indent=2))
+        before = {
+            split: {k: v for k, v in m.items() if k != "records"} for split, m in (self.before_training or {}).items()
+        }
+        extra = {"train": summary} | ({"before_training": before} if before else {})
+        (self.output_dir / "metrics.json").write_text(json.dumps(results | extra, indent=2))
         if cfg.export_ct2:  # before the card and the push, so that both include it
             self.say(f"faster-whisper model: {export_ct2(self.output_dir, None, cfg.export_ct2, overwrite=True)}")
         write_model_card(
@@ -523,6 +537,8 @@ class Trainer:
             scoring_normalization=SCORING_NORMALIZATION,
             dataset_config=cfg.dataset_config,
             split_scheme=cfg.split_scheme,
+            other_sets={spec.label: spec for spec in cfg.eval_sets()},
+            before_training=before,
         )
         if cfg.push_to_hub:
             self.say(f"pushed: {push_output_dir(self.output_dir, cfg.hub_model_id, private=cfg.hub_private)}")

@@ -20,6 +20,7 @@ from kspon_dataset.corpus import SPLIT_SCHEMES
 from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
 
 from .export import QUANTIZATIONS, check_export_options
+from .extra_data import SpeechSet, speech_sets
 from .inference import MAX_NEW_TOKENS, NUM_BEAMS
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,32 @@ class TrainConfig:
         default=True,
         metadata={"help": "read straight from the ZIPs; false prepares Arrow files first (map-style)"},
     )
+    train_datasets: str | None = field(
+        default=None,
+        metadata={
+            "help": "other speech sets to train on beside KsponSpeech: Hub ids or local paths (an audiofolder, a "
+            "folder of Parquet files) joined with '+'; resampled to 16 kHz, transcripts by the plain rule (README)"
+        },
+    )
+    train_dataset_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "each --train_datasets set's share of the training examples ('+'-joined, e.g. 0.2+0.1), each "
+            "more than 0, summing to less than 1: KsponSpeech takes the rest, and a pass reads it once"
+        },
+    )
+    train_dataset_config_name: str | None = field(
+        default=None, metadata={"help": "config of each --train_datasets set ('+'-joined, one for all or one per set)"}
+    )
+    train_split_name: str = field(
+        default="train", metadata={"help": "split of each --train_datasets set ('+'-joined)"}
+    )
+    train_text_column_name: str = field(
+        default="text", metadata={"help": "transcript column of each --train_datasets set ('+'-joined)"}
+    )
+    train_audio_column_name: str = field(
+        default="audio", metadata={"help": "audio column of each --train_datasets set ('+'-joined)"}
+    )
     num_workers: int = field(default=4, metadata={"help": "DataLoader worker processes per rank"})
     log_mel_on_device: bool = field(
         default=True,
@@ -158,7 +185,8 @@ class TrainConfig:
         default=512, metadata={"help": "validation utterances per periodic evaluation (None: all); final ones use all"}
     )
     eval_before_training: bool = field(
-        default=False, metadata={"help": "score the validation split once before the first step"}
+        default=False,
+        metadata={"help": "score validation and the --eval_datasets once before the first step (the card shows both)"},
     )
     final_eval_splits: list[str] = field(
         default_factory=lambda: ["test", "eval_clean", "eval_other"],
@@ -167,6 +195,25 @@ class TrainConfig:
             "choices": HELD_OUT_SPLITS,
             "metavar": "SPLIT",
         },
+    )
+    eval_datasets: str | None = field(
+        default=None,
+        metadata={
+            "help": "other speech sets scored beside validation at every evaluation and at the end: Hub ids or local "
+            "paths (an audiofolder, a folder of Parquet files), joined with '+' (google/fleurs+/data/clips); "
+            "transcripts normalised by the plain rule (README)"
+        },
+    )
+    eval_dataset_config_name: str | None = field(
+        default=None, metadata={"help": "config of each --eval_datasets set ('+'-joined, one for all or one per set)"}
+    )
+    eval_split_name: str = field(default="test", metadata={"help": "split of each --eval_datasets set ('+'-joined)"})
+    eval_text_column_name: str = field(
+        default="text", metadata={"help": "transcript column of each --eval_datasets set ('+'-joined)"}
+    )
+    eval_audio_column_name: str = field(
+        default="audio",
+        metadata={"help": "audio column of each --eval_datasets set ('+'-joined), resampled to 16 kHz"},
     )
     num_beams: int = field(default=NUM_BEAMS, metadata={"help": "beam size for generation during evaluation"})
     generation_max_new_tokens: int = field(
@@ -273,11 +320,45 @@ class TrainConfig:
             )
         if isinstance(self.final_eval_splits, str):  # `final_eval_splits: test` in YAML is one name, not letters
             self.final_eval_splits = self.final_eval_splits.replace(",", " ").split()
+        self.eval_sets()  # a '+'-joined option with the wrong number of values fails now
+        self.train_weights()
         unknown = sorted(set(self.final_eval_splits) - set(HELD_OUT_SPLITS))
         if unknown:
             raise ValueError(
                 f"--final_eval_splits {unknown} are not splits of KsponSpeech; choose from {HELD_OUT_SPLITS}."
             )
+
+    def eval_sets(self) -> list[SpeechSet]:
+        """The --eval_datasets, one SpeechSet each."""
+        return self._sets("eval_datasets", "eval_dataset_config_name", "eval_split_name", "eval_text_column_name",
+                          "eval_audio_column_name")  # fmt: skip
+
+    def train_sets(self) -> list[SpeechSet]:
+        """The --train_datasets, one SpeechSet each."""
+        return self._sets("train_datasets", "train_dataset_config_name", "train_split_name", "train_text_column_name",
+                          "train_audio_column_name")  # fmt: skip
+
+    def _sets(self, *names: str) -> list[SpeechSet]:
+        return speech_sets(*(getattr(self, name) for name in names), options=tuple(f"--{name}" for name in names))
+
+    def train_weights(self) -> list[float]:
+        """Each --train_datasets set's share of the training examples, checked."""
+        sets, given = self.train_sets(), self.train_dataset_weights
+        if not sets:
+            if given:
+                raise ValueError("--train_dataset_weights weighs the --train_datasets sets: give those too.")
+            return []
+        try:
+            weights = [float(weight) for weight in str(given or "").split("+")]
+        except ValueError:
+            weights = []
+        if len(weights) != len(sets) or not all(w > 0 for w in weights) or sum(weights) >= 1:
+            raise ValueError(
+                f"--train_dataset_weights {given} must give each of the {len(sets)} --train_datasets sets a share "
+                "of the training examples, '+'-joined, each more than 0 and together less than 1 (KsponSpeech takes "
+                "the rest): e.g. " + "+".join(["0.1"] * len(sets)) + "."
+            )
+        return weights
 
     @classmethod
     def choices(cls) -> dict[str, tuple]:

@@ -138,11 +138,10 @@ class UtteranceStream(torch.utils.data.IterableDataset):
         start, self._resume_at = (self._resume_at or 0), None
         for i in range(start, len(positions)):
             self.position = i + 1  # what a state saved after this row says: continue with the next one
-            example, reason = read_utterance(self.split.data, int(positions[i]), self.split.form)
-            if example is None:
-                yield {"id": self.split.data.utterance(int(positions[i]))[2], "skip": reason}
-                continue
-            yield {"id": example["id"], "audio": pcm_samples(example["pcm"]), "text": example["text"]}
+            yield self.read(int(positions[i]))
+
+    def read(self, position: int) -> dict:
+        return read_row(self.split, position)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -150,6 +149,74 @@ class UtteranceStream(torch.utils.data.IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         # The loop sets the epoch before loading the state; a state from another epoch means "from the start".
         self._resume_at = state["position"] if state["epoch"] == self.epoch else 0
+
+
+def read_row(split: Split, position: int) -> dict:
+    """The batcher's row at `position` of a split: read from the archives when streamed, else the stored row."""
+    if not isinstance(split.data, Selection):
+        return split.data[position]  # prepared KsponSpeech rows, or another corpus (`extra_data.SpeechRows`)
+    example, reason = read_utterance(split.data, position, split.form)
+    if example is None:
+        return {"id": split.data.utterance(position)[2], "skip": reason}
+    return {"id": example["id"], "audio": pcm_samples(example["pcm"]), "text": example["text"]}
+
+
+class MixedSplit:
+    """KsponSpeech's training split with other corpora drawn in by weight (`--train_datasets`).
+
+    A pass reads every KsponSpeech utterance once, as without other data, and draws the other sets' rows in
+    proportion: with KsponSpeech's n utterances at weight w0, a set at weight w gets round(n * w / w0) rows, each
+    pass a fresh permutation of the set (repeated only when it holds fewer rows than that). Code c in [0, len)
+    names one draw: KsponSpeech position c below n, then each set's draws in turn. `UtteranceStream` permutes the
+    codes by (seed, epoch) and shards them over ranks and workers as it does KsponSpeech's positions, so every rank
+    reads its own draws once, the sources are interleaved by their weights throughout a pass, and a resume is exact.
+    """
+
+    def __init__(self, primary: Split, others: dict[str, Split], weights: list[float], seed: int):
+        self.primary, self.others, self.seed = primary, others, seed
+        primary_weight = 1 - sum(weights)
+        self.draws = [round(len(primary) * weight / primary_weight) for weight in weights]
+        self.starts = np.cumsum([len(primary), *self.draws])  # first code after each source
+        self.form = primary.form
+        self.tally = primary.tally + Counter(seen=sum(self.draws))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def sources(self) -> dict[str, int]:
+        """name -> draws per pass; KsponSpeech's are its utterances the index keeps."""
+        return {"KsponSpeech": len(self.primary)} | dict(zip(self.others, self.draws, strict=True))
+
+    def epoch_rows(self, epoch: int) -> list[np.ndarray]:
+        """Each other set's rows drawn in this epoch, in code order: a function of (seed, epoch) alone."""
+        rows = []
+        for index, (split, wanted) in enumerate(zip(self.others.values(), self.draws, strict=True)):
+            rng = np.random.default_rng([self.seed, epoch, index + 1])
+            rows.append(np.concatenate([rng.permutation(len(split)) for _ in range(-(-wanted // len(split)))]))
+        return [drawn[:wanted] for drawn, wanted in zip(rows, self.draws, strict=True)]
+
+    def read(self, code: int, epoch_rows: list[np.ndarray]) -> dict:
+        source = int(np.searchsorted(self.starts, code, side="right"))
+        if source == 0:
+            return read_row(self.primary, code)
+        row = epoch_rows[source - 1][code - self.starts[source - 1]]
+        return read_row(list(self.others.values())[source - 1], int(row))
+
+
+def source_of(uid: str) -> str:
+    """The source of a trained id: another corpus's ids are `<set>/<row>` (`extra_data.SpeechRows`)."""
+    return uid.split("/")[0] if "/" in uid else "KsponSpeech"
+
+
+class MixedStream(UtteranceStream):
+    """A `MixedSplit` in `rank_order`: the codes of its draws, sharded and resumed as KsponSpeech's positions are."""
+
+    _rows: tuple[int, list[np.ndarray]] | None = None  # (epoch, its MixedSplit.epoch_rows), made once per worker
+
+    def read(self, position: int) -> dict:
+        if self._rows is None or self._rows[0] != self.epoch:
+            self._rows = (self.epoch, self.split.epoch_rows(self.epoch))
+        return self.split.read(position, self._rows[1])
 
 
 @dataclass
@@ -168,10 +235,11 @@ class SpeechBatcher:
     )
 
     def __call__(self, rows: list[dict]) -> dict:
-        kept, labels_too_long, skipped = [], 0, Counter()
+        kept, labels_too_long, skipped, dropped = [], 0, Counter(), []
         for row in rows:
             if "skip" in row:
                 skipped[row["skip"]] += 1
+                dropped.append((row["id"], row["skip"]))
                 continue
             audio = row["audio"]
             samples = wav_samples(audio["bytes"]) if isinstance(audio, dict) else audio
@@ -180,6 +248,7 @@ class SpeechBatcher:
                 labels = self.timestamps(labels, row["id"], len(samples) / SAMPLE_RATE, self.epoch)
             if len(labels) > self.collator.max_label_length:  # timestamp tokens included: they take positions too
                 labels_too_long += 1
+                dropped.append((row["id"], "labels_too_long"))
                 continue
             padded = drawn(self.feature_padding, "feature_padding", self.seed, self.epoch, row["id"])
             kept.append(
@@ -189,6 +258,7 @@ class SpeechBatcher:
         batch["text"] = [row["text"] for row in kept]
         batch["num_labels_too_long"] = labels_too_long
         batch["skipped"] = skipped
+        batch["dropped"] = dropped  # (id, reason): what the per-source counts of a MixedSplit need
         return batch
 
 
@@ -255,7 +325,10 @@ def make_dataloader(
 ) -> StatefulDataLoader:
     """A resumable loader over this rank's part of `split`, in `rank_order`."""
     order = {"seed": seed, "rank": rank, "world_size": world_size, "shuffle": shuffle}
-    if isinstance(split.data, Selection):
+    if isinstance(split, MixedSplit):
+        dataset, sampler = MixedStream(split, **order), None
+        num_workers = min(num_workers, max(1, len(split) // world_size))
+    elif isinstance(split.data, Selection):
         dataset, sampler = UtteranceStream(split, **order), None
         num_workers = min(num_workers, max(1, len(split) // world_size))  # a worker with nothing to read is waste
     else:
@@ -303,6 +376,9 @@ class PassCounter:
     def add(self, batch: dict) -> None:
         self.counts.update(kept=len(batch["id"]), labels_too_long=batch["num_labels_too_long"])
         self.counts.update(batch["skipped"])
+        if isinstance(self.split, MixedSplit):  # per source too, as "<source>/<reason>"
+            self.counts.update(f"{source_of(uid)}/kept" for uid in batch["id"])
+            self.counts.update(f"{source_of(uid)}/{reason}" for uid, reason in batch["dropped"])
 
     def counted(self, batches: Iterable[dict]) -> Iterator[dict]:
         for batch in batches:
@@ -310,13 +386,34 @@ class PassCounter:
             yield batch
 
     def total(self, accelerator) -> Counter:
-        """The whole split's counts, summed over ranks (every rank must call this); resets for the next pass."""
-        local = torch.tensor([float(self.counts[k]) for k in COUNT_KEYS], device=accelerator.device)
-        summed = dict(zip(COUNT_KEYS, accelerator.reduce(local, reduction="sum").long().tolist(), strict=True))
+        """The whole split's counts, summed over ranks (every rank must call this); resets for the next pass.
+        A MixedSplit's also hold "<source>/<reason>" counts, each source's draws as its "<source>/seen"."""
+        keys = list(COUNT_KEYS)
+        if isinstance(self.split, MixedSplit):
+            keys += [f"{source}/{key}" for source in self.split.sources() for key in COUNT_KEYS]
+        local = torch.tensor([float(self.counts[k]) for k in keys], device=accelerator.device)
+        summed = dict(zip(keys, accelerator.reduce(local, reduction="sum").long().tolist(), strict=True))
         self.counts.clear()
         index_drops = Counter({k: v for k, v in self.split.tally.items() if k in SKIP_REASONS})
-        return +(Counter(seen=self.split.tally["seen"]) + index_drops + Counter(summed))
+        total = Counter(seen=self.split.tally["seen"]) + index_drops + Counter(summed)
+        if isinstance(self.split, MixedSplit):
+            primary = self.split.primary.tally
+            total.update({f"KsponSpeech/{k}": v for k, v in primary.items() if k in SKIP_REASONS or k == "seen"})
+            total.update(
+                {f"{source}/seen": n for source, n in self.split.sources().items() if source != "KsponSpeech"}
+            )
+        return +total
 
     def line(self, name: str, accelerator) -> tuple[str, Counter]:
         total = self.total(accelerator)
         return kept_line(name, total), total
+
+    def source_lines(self, total: Counter) -> list[str]:
+        """A MixedSplit's "kept N of M" line per source, from `total`'s "<source>/<reason>" counts."""
+        sources = self.split.sources() if isinstance(self.split, MixedSplit) else {}
+        return [
+            kept_line(
+                f"  {source}", Counter({k.split("/", 1)[1]: v for k, v in total.items() if k.startswith(f"{source}/")})
+            )
+            for source in sources
+        ]

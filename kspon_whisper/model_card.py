@@ -16,6 +16,7 @@ from kspon_dataset.corpus import CORPUS_HOURS, HOMEPAGE, SPLIT_SCHEMES
 from kspon_dataset.kspon_dataset import _CITATION as KSPON_CITATION
 from kspon_dataset.normalize import MODES as DATASET_CONFIGS
 
+from .extra_data import PLAIN_TEXT_NORMALIZATION, SpeechSet
 from .lora import card_sentence as lora_sentence
 from .metrics import METRICS
 
@@ -25,6 +26,7 @@ CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 OFFICIAL_EVAL_SPLITS = {"eval_clean": 3000, "eval_other": 3000}  # the official evaluation sets and their sizes
 FRAMEWORKS = ("transformers", "torch", "accelerate", "datasets", "huggingface_hub")
 # Not hyperparameters: where the run read and wrote, and how it published. Local paths do not belong in a card.
+DATASET_OPTIONS = ("eval_datasets", "train_datasets")  # Hub ids stay; local paths are cut to their last part
 NOT_HYPERPARAMETERS = {"data_dir", "output_dir", "resume_from_checkpoint", "trained_ids_dir", "push_only"}
 
 
@@ -38,12 +40,17 @@ def write_model_card(
     scoring_normalization: str,
     dataset_config: str = "spelling",
     split_scheme: str = "random",
+    other_sets: dict[str, SpeechSet] | None = None,
+    before_training: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write `output_dir/README.md`: metadata with a model-index (one result per split and metric) and the card.
 
     `metrics` maps a split to `kspon_whisper.metrics.score` output (fractions; `num_*` counts ride along). With
-    eval_clean / eval_other scored, the card sets the model beside published systems.
+    eval_clean / eval_other scored, the card sets the model beside published systems. `other_sets` (label -> set)
+    says which splits of `metrics` are other corpora (`--eval_datasets`): each gets its own model-index entry under
+    its own dataset. `before_training` (split -> metrics of the untouched model) puts zero-shot beside fine-tuned.
     """
+    other_sets = other_sets or {}
     if dataset_config not in DATASET_CONFIGS:
         raise ValueError(f"dataset_config is {dataset_config!r}; expected one of {', '.join(DATASET_CONFIGS)}")
     if split_scheme not in SPLIT_SCHEMES:
@@ -54,9 +61,8 @@ def write_model_card(
     model_name = hub_model_id.split("/")[-1] if hub_model_id else output_dir.resolve().name
     local_base = Path(base_model).exists()  # a local folder is no Hub id: no link, and no base_model metadata
     results = [
-        # dataset_type names the builder in kspon_dataset/: the corpus is on AI Hub, not on the Hub
-        EvalResult("automatic-speech-recognition", "kspon_speech", "KsponSpeech", key, value,
-                   metric_name=display_names[key], dataset_config=dataset_config, dataset_split=split)
+        EvalResult("automatic-speech-recognition", metric_type=key, metric_value=value, metric_name=display_names[key],
+                   **_dataset(split, other_sets, dataset_config))
         for split, values in percents.items()
         for key, value in values.items()
     ]  # fmt: skip
@@ -83,7 +89,13 @@ def write_model_card(
         dataset_config=dataset_config,
         split_scheme=split_scheme,
         metrics=METRICS,
-        results=percents,
+        results={split: values for split, values in percents.items() if split not in other_sets},
+        other_results={split: values for split, values in percents.items() if split in other_sets},
+        other_sources={label: spec.card_name for label, spec in other_sets.items()},
+        plain_normalization=PLAIN_TEXT_NORMALIZATION,
+        before={split: _percents(split, values) for split, values in (before_training or {}).items()},
+        before_scored={split: values.get("num_scored") for split, values in (before_training or {}).items()},
+        scored={split: values.get("num_scored") for split, values in metrics.items()},
         official=[f"`{split}`" for split in OFFICIAL_EVAL_SPLITS if split in percents],
         held_out=[f"`{split}`" for split in ("validation", "test") if split in percents],
         partial=[
@@ -95,7 +107,10 @@ def write_model_card(
         lora_sentence=lora_sentence(hyperparameters),
         feature_padding=f"{share:.0%}" if (share := hyperparameters.get("feature_padding_probability")) else None,
         ct2_folders=sorted(p.name for p in output_dir.glob("ct2-*") if (p / "model.bin").is_file()),
-        hyperparameters=sorted((k, v) for k, v in hyperparameters.items() if k not in NOT_HYPERPARAMETERS),
+        hyperparameters=sorted(
+            (k, _without_local_paths(k, v)) for k, v in hyperparameters.items() if k not in NOT_HYPERPARAMETERS
+        ),
+        train_sets=_train_sets(hyperparameters),
         versions=[(name, importlib.metadata.version(name)) for name in FRAMEWORKS],  # all are requirements
         kspon_citation=KSPON_CITATION.strip(),
     )
@@ -103,6 +118,34 @@ def write_model_card(
     card.save(output_dir / "README.md")
     logger.info("Wrote model card %s", output_dir / "README.md")
     return output_dir / "README.md"
+
+
+def _without_local_paths(key: str, value: object) -> object:
+    """--eval_datasets / --train_datasets with each local folder by its name: a card carries no local paths."""
+    if key not in DATASET_OPTIONS or not value:
+        return value
+    return "+".join(Path(name).name if Path(name).exists() else name for name in str(value).split("+"))
+
+
+def _train_sets(hyperparameters: dict) -> list[tuple[str, str]]:
+    """(dataset, share of the training examples) for KsponSpeech and each --train_datasets set."""
+    names = str(_without_local_paths("train_datasets", hyperparameters.get("train_datasets")) or "")
+    if not names:
+        return []
+    weights = [float(w) for w in str(hyperparameters["train_dataset_weights"]).split("+")]
+    shares = [("KsponSpeech", 1 - sum(weights)), *zip(names.split("+"), weights, strict=True)]
+    return [(name, f"{share:.0%}") for name, share in shares]
+
+
+def _dataset(split: str, other_sets: dict[str, SpeechSet], dataset_config: str) -> dict[str, str | None]:
+    """The dataset fields of a split's model-index results: one entry per KsponSpeech split and per other set."""
+    if split in other_sets:
+        spec = other_sets[split]
+        names = {"dataset_type": spec.card_name, "dataset_name": split}
+        return names | {"dataset_config": spec.config, "dataset_split": spec.split}
+    # dataset_type names the builder in kspon_dataset/: the corpus is on AI Hub, not on the Hub
+    names = {"dataset_type": "kspon_speech", "dataset_name": "KsponSpeech"}
+    return names | {"dataset_config": dataset_config, "dataset_split": split}
 
 
 def _percents(split: str, values: dict[str, float]) -> dict[str, float]:
