@@ -32,7 +32,7 @@ import torch
 from accelerate import Accelerator
 
 from kspon_dataset.corpus import SPLIT_SCHEMES
-from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
+from kspon_dataset.normalize import TRANSCRIPT_FORMS
 from kspon_whisper.data import DeviceInputs, load_splits, make_dataloader, speech_batcher
 from kspon_whisper.evaluation import evaluate_split, loop_report, print_line, write_predictions
 from kspon_whisper.extra_data import PLAIN_TEXT_NORMALIZATION, load_speech_sets, speech_sets
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         splits = {}
         if args.data_dir:
             splits = load_splits(
-                args.data_dir, config=args.dataset_config, split_scheme=args.split_scheme, streaming=True
+                args.data_dir, form=args.dataset_config, split_scheme=args.split_scheme, streaming=True
             )
         other_sets = load_speech_sets(args.other_sets, "--dataset_name")
     missing = [split for split in args.splits if split not in splits]

@@ -243,7 +243,7 @@ class Trainer:
         )
         with accelerator.main_process_first():  # rank 0 first: it prepares (map-style) and indexes the archives
             self.splits = load_splits(
-                cfg.data_dir, config=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
+                cfg.data_dir, form=cfg.dataset_config, split_scheme=cfg.split_scheme, streaming=cfg.streaming
             )
             other_sets = load_speech_sets(cfg.eval_sets(), "--eval_datasets")
             train_sets = load_speech_sets(cfg.train_sets(), "--train_datasets")

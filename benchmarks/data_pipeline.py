@@ -156,7 +156,7 @@ def phase_loader(spec: dict) -> dict:
         processor.feature_extractor = WhisperFeatureExtractor(feature_size=spec["n_mels"])
     config = WhisperConfig.from_pretrained(spec["model_dir"])
     batcher = speech_batcher(processor, config, log_mel_on_device=spec["audio_mode"] == "waveform")
-    train = load_splits(spec["corpus"], config="spelling", split_scheme="random", streaming=True)["train"]
+    train = load_splits(spec["corpus"], form="spelling", split_scheme="random", streaming=True)["train"]
     order = {"rank": 0, "world_size": 1, "seed": SEED, "shuffle": True}  # one process's first training epoch
     loader = make_dataloader(train, batcher, batch_size=BATCH_SIZE, num_workers=spec["workers"], **order)
     set_epoch(loader, 0)

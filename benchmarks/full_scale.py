@@ -203,7 +203,7 @@ def train_loader(split, rank: int, world_size: int, workers: int, collate=count_
 def load(corpus: str) -> dict:
     from kspon_whisper.data import load_splits
 
-    return load_splits(corpus, config="spelling", split_scheme="random", streaming=True)
+    return load_splits(corpus, form="spelling", split_scheme="random", streaming=True)
 
 
 def phase_index(spec: dict) -> dict:

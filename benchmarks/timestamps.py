@@ -77,7 +77,7 @@ def fine_tune(output_dir: Path, probability: float | None) -> dict:
 def realised_share(processor, generation_config) -> dict:
     """Timestamped labels per epoch in the batches that the trainer's loader makes of the sample's train split."""
     timestamps = timestamp_labels(processor.tokenizer, generation_config, probability=DEFAULT_PROBABILITY, seed=SEED)
-    splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
+    splits = load_splits(str(SAMPLE), form="spelling", split_scheme="random", streaming=True)
     start = generation_config.decoder_start_token_id
     batcher = dataclasses.replace(speech_batcher(processor, start, log_mel_on_device=True), timestamps=timestamps)
     loader = make_dataloader(

@@ -41,7 +41,7 @@ from .corpus import (
     read_utterance,
     select,
 )
-from .normalize import MODES
+from .normalize import TRANSCRIPT_FORMS
 
 _CITATION = """\
 @article{bang2020ksponspeech,
@@ -71,7 +71,7 @@ _LICENSE = (
     "not allowed."
 )
 
-_TRANSCRIPT_FORMS = {
+_FORM_DESCRIPTIONS = {
     "spelling": "The spelling side of dual transcriptions: (70%)/(칠 십 퍼센트) -> 70% (ESPnet, SpeechBrain, Lhotse).",
     "phonetic": "The pronunciation side of dual transcriptions: (70%)/(칠 십 퍼센트) -> 칠 십 퍼센트 (kospeech).",
 }
@@ -97,8 +97,8 @@ class KsponSpeechConfig(datasets.BuilderConfig):
 
     def validate(self) -> None:
         # Also called from _split_generators: load_dataset's keywords are set on a copy, bypassing __post_init__.
-        if self.name not in MODES:
-            raise ValueError(f"Unknown config {self.name!r}: choose one of {MODES}.")
+        if self.name not in TRANSCRIPT_FORMS:
+            raise ValueError(f"Unknown config {self.name!r}: choose a transcript form, one of {TRANSCRIPT_FORMS}.")
         if self.split_scheme not in SPLIT_SCHEMES:
             raise ValueError(f"split_scheme={self.split_scheme!r} is not one of {SPLIT_SCHEMES}.")
         if not 0 <= self.min_duration < self.max_duration:
@@ -113,7 +113,7 @@ class KsponSpeech(datasets.GeneratorBasedBuilder):
     VERSION = datasets.Version(_VERSION)
     BUILDER_CONFIG_CLASS = KsponSpeechConfig
     BUILDER_CONFIGS: ClassVar[list[KsponSpeechConfig]] = [
-        KsponSpeechConfig(name=name, version=_VERSION, description=text) for name, text in _TRANSCRIPT_FORMS.items()
+        KsponSpeechConfig(name=name, version=_VERSION, description=text) for name, text in _FORM_DESCRIPTIONS.items()
     ]
     DEFAULT_CONFIG_NAME = "spelling"
     DEFAULT_WRITER_BATCH_SIZE = 256  # examples hold raw audio; keep the Arrow writer's buffer small

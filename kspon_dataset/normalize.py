@@ -21,15 +21,17 @@ Two annotation slips survive the reference toolkits (Lhotse's output has them to
   then be English, "plan b"); Latin that is meant to be read sits in a `(A)/(에이)` pair, which is left alone;
 - a tag between a word and its punctuation, `하면 안 돼 l/ .`: `. , ? !` are attached to the word before them.
 
-Toolkits differ on the side they keep. ESPnet, SpeechBrain and Lhotse keep the spelling side (mode "spelling",
-the default here), so error rates computed on it are comparable with theirs; kospeech keeps the pronunciation
-side (mode "phonetic"), which is what was actually said but turns every number into Hangul.
+Toolkits differ on the side they keep: the transcript form. ESPnet, SpeechBrain and Lhotse keep the spelling side
+(form "spelling", the default here), so error rates computed on it are comparable with theirs; kospeech keeps the
+pronunciation side (form "phonetic"), which is what was actually said but turns every number into Hangul. At the
+datasets boundary the form is the dataset's config name: `load_dataset("./kspon_dataset", "phonetic", ...)`,
+`load_kspon(data_dir, "phonetic")`, `--dataset_config phonetic`.
 """
 
 import re
 import unicodedata
 
-MODES = ("spelling", "phonetic")
+TRANSCRIPT_FORMS = ("spelling", "phonetic")
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 # Two adjacent groups form a pair. `[^()]*` only matches innermost groups, so nested pairs resolve over passes.
@@ -58,11 +60,11 @@ def decode_transcript(data: bytes) -> str | None:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def normalize_transcript(raw: str, mode: str = "spelling") -> str:
-    """Turn a raw tagged transcript into plain text; "" when only tags and noise marks were left."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not a transcript mode; use one of {', '.join(MODES)}")
-    side = MODES.index(mode) + 1
+def normalize_transcript(raw: str, form: str = "spelling") -> str:
+    """Turn a raw tagged transcript into plain text in `form`; "" when only tags and noise marks were left."""
+    if form not in TRANSCRIPT_FORMS:
+        raise ValueError(f"form={form!r} is not a transcript form; use one of {', '.join(TRANSCRIPT_FORMS)}")
+    side = TRANSCRIPT_FORMS.index(form) + 1
     text = unicodedata.normalize("NFC", raw)
     # Tags go before pairs are resolved: in "(SRT)/(에스알티)n/" the tag is only a tag while ")" precedes it.
     text = _EVENT_TAG.sub(" ", text)

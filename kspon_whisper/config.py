@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from kspon_dataset.corpus import SPLIT_SCHEMES
-from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
+from kspon_dataset.normalize import TRANSCRIPT_FORMS
 
 from .export import QUANTIZATIONS, check_export_options
 from .extra_data import SpeechSet, speech_sets

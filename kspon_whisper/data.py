@@ -61,13 +61,13 @@ class Split:
         return len(self.data)
 
 
-def load_splits(data_dir: str, *, config: str, split_scheme: str, streaming: bool) -> dict[str, Split]:
+def load_splits(data_dir: str, *, form: str, split_scheme: str, streaming: bool) -> dict[str, Split]:
     """Every split the download provides (eval_* only when the eval ZIP is there)."""
     if streaming:
-        builder = KsponSpeech(config_name=config, data_dir=data_dir, split_scheme=split_scheme)
-        return {name: Split(s, s.tally, config) for name, s in builder.selections().items()}
-    prepared, tallies = load_kspon(data_dir, config, split_scheme=split_scheme, with_counts=True)
-    return {name: Split(_raw_audio(split), tallies[name], config) for name, split in prepared.items()}
+        builder = KsponSpeech(config_name=form, data_dir=data_dir, split_scheme=split_scheme)
+        return {name: Split(s, s.tally, form) for name, s in builder.selections().items()}
+    prepared, tallies = load_kspon(data_dir, form, split_scheme=split_scheme, with_counts=True)
+    return {name: Split(_raw_audio(split), tallies[name], form) for name, split in prepared.items()}
 
 
 def _raw_audio(split: datasets.Dataset) -> datasets.Dataset:

@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from kspon_dataset.corpus import CORPUS_HOURS, HOMEPAGE, SPLIT_SCHEMES
 from kspon_dataset.kspon_dataset import _CITATION as KSPON_CITATION
-from kspon_dataset.normalize import MODES as DATASET_CONFIGS
+from kspon_dataset.normalize import TRANSCRIPT_FORMS
 
 from .extra_data import PLAIN_TEXT_NORMALIZATION, SpeechSet
 from .lora import card_sentence as lora_sentence
@@ -51,8 +51,10 @@ def write_model_card(
     its own dataset. `before_training` (split -> metrics of the untouched model) puts zero-shot beside fine-tuned.
     """
     other_sets = other_sets or {}
-    if dataset_config not in DATASET_CONFIGS:
-        raise ValueError(f"dataset_config is {dataset_config!r}; expected one of {', '.join(DATASET_CONFIGS)}")
+    if dataset_config not in TRANSCRIPT_FORMS:
+        raise ValueError(
+            f"dataset_config is {dataset_config!r}; expected a transcript form: {', '.join(TRANSCRIPT_FORMS)}"
+        )
     if split_scheme not in SPLIT_SCHEMES:
         raise ValueError(f"split_scheme is {split_scheme!r}; expected one of {', '.join(SPLIT_SCHEMES)}")
     percents = {split: _percents(split, values) for split, values in metrics.items()}

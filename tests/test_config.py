@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import train_accelerate
-from kspon_dataset.normalize import MODES as TRANSCRIPT_FORMS
+from kspon_dataset.normalize import TRANSCRIPT_FORMS
 from kspon_whisper.export import QUANTIZATIONS
 from tests.processes import run_ok
 from train_accelerate import TrainConfig, parse_config

@@ -122,7 +122,7 @@ def test_evaluation_and_transcribe_give_the_same_text(offline_whisper_dir, tmp_p
     """The same clips through the trainer's evaluation (streamed from the ZIPs, batched by the loader) and through
     transcribe.py (.pcm files): the same reader, log-mel, precision and settings give the same text."""
     model, processor = load_model(str(offline_whisper_dir), "cpu")
-    splits = load_splits(str(SAMPLE_CORPUS), config="spelling", split_scheme="random", streaming=True)
+    splits = load_splits(str(SAMPLE_CORPUS), form="spelling", split_scheme="random", streaming=True)
     clips = only(CLIPS[:3], splits["train"], splits["test"])
     batcher = speech_batcher(processor, model.config, log_mel_on_device=True)
     loader = make_dataloader(clips, batcher, batch_size=3, num_workers=0, rank=0, world_size=1, seed=0, shuffle=False)

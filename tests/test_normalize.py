@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 
-from kspon_dataset.normalize import MODES, decode_transcript, normalize_transcript
+from kspon_dataset.normalize import TRANSCRIPT_FORMS, decode_transcript, normalize_transcript
 
 
 def nfd(text: str) -> str:
@@ -153,9 +153,9 @@ def test_case_table_is_large_and_distinct() -> None:
 
 
 @pytest.mark.parametrize("raw", EMPTY)
-@pytest.mark.parametrize("mode", MODES)
-def test_only_tags_give_empty_text(raw: str, mode: str) -> None:
-    assert normalize_transcript(raw, mode) == ""
+@pytest.mark.parametrize("form", TRANSCRIPT_FORMS)
+def test_only_tags_give_empty_text(raw: str, form: str) -> None:
+    assert normalize_transcript(raw, form) == ""
 
 
 def _fuzzed_lines(count: int) -> list[str]:
@@ -165,11 +165,11 @@ def _fuzzed_lines(count: int) -> list[str]:
     return ["".join(rng.choices(tokens, k=rng.randint(1, 12))) for _ in range(count)]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_output_invariants(mode: str) -> None:
+@pytest.mark.parametrize("form", TRANSCRIPT_FORMS)
+def test_output_invariants(form: str) -> None:
     lines = [raw for raw, _, _ in CASES] + EMPTY + _fuzzed_lines(2000)
     for raw in lines:
-        text = normalize_transcript(raw, mode)
+        text = normalize_transcript(raw, form)
         assert not set(text) & set("/+*()"), (raw, text)
         assert text == unicodedata.normalize("NFC", text), raw
         assert "  " not in text and text == text.strip(), (raw, text)

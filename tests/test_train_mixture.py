@@ -60,7 +60,7 @@ def mixed(sets) -> MixedSplit:
     specs = speech_sets(f"{sets['audiofolder']}+{sets['parquet8k']}", None, "train", "transcription+sentence",
                         "audio", options=OPTIONS)  # fmt: skip
     others = {spec.label: load_speech_set(spec, "--train_datasets") for spec in specs}
-    primary = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)["train"]
+    primary = load_splits(str(SAMPLE), form="spelling", split_scheme="random", streaming=True)["train"]
     return MixedSplit(primary, others, [0.2, 0.1], SEED)
 
 
@@ -128,7 +128,7 @@ def test_a_restored_loader_continues_exactly(mixed, batcher, workers):
 @pytest.mark.parametrize("streaming", [True, False], ids=["streamed", "prepared"])
 def test_a_pass_says_what_it_kept_per_source(mixed, batcher, streaming):
     if not streaming:  # KsponSpeech as prepared Arrow rows (--streaming false), mixed the same way
-        primary = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=False)["train"]
+        primary = load_splits(str(SAMPLE), form="spelling", split_scheme="random", streaming=False)["train"]
         mixed = MixedSplit(primary, mixed.others, [0.2, 0.1], SEED)
     counter = PassCounter(mixed)
     for _ in counter.counted(loader(mixed, batcher)):
