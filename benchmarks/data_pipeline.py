@@ -3,11 +3,10 @@
     python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
     python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
 
-On a synthetic corpus in AI Hub's ZIP layout (`kspon_dataset.sample_corpus`, tone voice): the loading script
-streaming with the audio decoded, in one process and through a 2-worker DataLoader; `download_and_prepare` with
-num_proc 1 and 2; the blog route (extract every ZIP, one WAV per utterance, JSON manifests) and the floor under any
-route from the ZIPs; the trainer's own DataLoader with log-mel in the workers (80, 128 mels) or on the GPU. Each phase
-runs in a fresh process (`harness.run_fresh`), offline. The corpus at its real size: `benchmarks/full_scale.py`.
+On a tone-voice corpus in AI Hub's ZIP layout, each phase in a fresh process: the loading script streaming (one
+process, then a 2-worker DataLoader), `download_and_prepare` (num_proc 1, 2), the blog route (extract, one WAV per
+utterance, JSON manifests), inflating every member (the floor), and the trainer's DataLoader with log-mel in the
+workers (80, 128 mels) or on the GPU.
 """
 
 import argparse
@@ -55,8 +54,7 @@ def count_rows(rows: list[dict]) -> dict:
 
 
 def timed_pass(batches: Iterable[dict]) -> dict:
-    """One pass over {"n", "samples"} batches, the wait for the first included; `steady` is the same pass from its
-    first batch on, once DataLoader workers have started."""
+    """One pass over {"n", "samples"} batches; `steady`: the same from its first batch on (workers started)."""
     start, first_s, first_n, n, samples = time.perf_counter(), None, 0, 0, 0
     for batch in batches:
         n, samples = n + batch["n"], samples + batch["samples"]
@@ -93,14 +91,8 @@ def phase_prepare(spec: dict) -> dict:
     builder = KsponSpeech(config_name="spelling", data_dir=spec["corpus"], cache_dir=spec["cache_dir"])
     start = time.perf_counter()
     builder.download_and_prepare(num_proc=spec["num_proc"])
-    seconds = time.perf_counter() - start
-    splits = {name: split.num_examples for name, split in builder.info.splits.items()}
-    return {
-        "seconds": seconds,
-        "examples": sum(splits.values()),
-        "splits": splits,
-        "bytes": tree_bytes(spec["cache_dir"]),
-    }
+    examples = sum(split.num_examples for split in builder.info.splits.values())
+    return {"seconds": time.perf_counter() - start, "examples": examples, "bytes": tree_bytes(spec["cache_dir"])}
 
 
 def phase_inflate(spec: dict) -> dict:
@@ -143,8 +135,7 @@ def phase_unzip(spec: dict) -> dict:
 
 
 def phase_loader(spec: dict) -> dict:
-    """The trainer's training DataLoader, wired as the trainer wires it; samples/s over `timed_batches` after
-    `warmup_batches` that absorb worker start-up."""
+    """The trainer's DataLoader, wired as the trainer wires it; `warmup_batches` absorb worker start-up."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperProcessor
 
     from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher
@@ -183,32 +174,25 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict:
     summary = write_corpus(corpus, num_utterances=args.num_utterances, voice="tone", seed=0)
     info = {"num_utterances": args.num_utterances, "seconds": time.perf_counter() - start}
     results = {"corpus": info | {"audio_s": summary.audio_seconds, "zip_bytes": summary.total_bytes}, "loader": []}
-
-    def run(name: str, title: str, **spec) -> dict:
-        print(title, flush=True)
-        return run_fresh("data_pipeline", name, {"corpus": str(corpus), **spec}, env)
-
-    dataset = results["dataset"] = {}
-    title = "[stream] load_dataset(streaming=True)['train'], 1 process, audio decoded"
-    dataset["stream"] = run("stream", title, passes=args.passes, workers=0)
-    title = "[stream_dataloader] the same through torch DataLoader, 2 workers, batch 16"
-    dataset["stream_dataloader"] = run("stream", title, passes=args.passes, workers=2)
-    for num_proc in (1, 2):
-        cache_dir = workdir / f"prepared_np{num_proc}"
-        title = f"[prepare] download_and_prepare(num_proc={num_proc}) into a fresh cache {cache_dir}"
-        dataset[f"prepare_np{num_proc}"] = run("prepare", title, num_proc=num_proc, cache_dir=str(cache_dir))
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    title = "[unzip] the blog route: extractall, one WAV per utterance, JSON manifests"
-    dataset["unzip"] = run("unzip", title, out_dir=str(workdir / "unzipped"))
-    shutil.rmtree(workdir / "unzipped", ignore_errors=True)
-    dataset["inflate"] = run("inflate", "[inflate] floor for any route from the ZIPs: read every member, keep nothing")
+    phases = {  # key: (phase, spec)
+        "stream": ("stream", {"passes": args.passes, "workers": 0}),
+        "stream_dataloader": ("stream", {"passes": args.passes, "workers": 2}),
+        **{f"prepare_np{n}": ("prepare", {"num_proc": n, "cache_dir": str(workdir / f"np{n}")}) for n in (1, 2)},
+        "unzip": ("unzip", {"out_dir": str(workdir / "unzipped")}),
+        "inflate": ("inflate", {}),
+    }
+    results["dataset"] = {}
+    for key, (phase, spec) in phases.items():
+        print(f"[{key}] {spec}", flush=True)
+        results["dataset"][key] = run_fresh("data_pipeline", phase, {"corpus": str(corpus), **spec}, env)
+        shutil.rmtree(spec.get("cache_dir") or spec.get("out_dir") or workdir / "none", ignore_errors=True)
     model_dir = str(build_offline_whisper(DEFAULT_OUTPUT_DIR))
     modes = (("features", 80), ("features", 128), ("waveform", 80))
     for (audio_mode, n_mels), workers in itertools.product(modes, args.loader_workers):
-        title = f"[loader] {audio_mode}, {n_mels if audio_mode == 'features' else 'no'} mels, {workers} workers"
         spec = {"model_dir": model_dir, "audio_mode": audio_mode, "n_mels": n_mels, "workers": workers}
         spec |= {"warmup_batches": max(2, workers), "timed_batches": args.loader_batches}
-        results["loader"].append(spec | run("loader", title, **spec))
+        print(f"[loader] {audio_mode}, {n_mels} mels, {workers} workers", flush=True)
+        results["loader"].append(spec | run_fresh("data_pipeline", "loader", {"corpus": str(corpus), **spec}, env))
     return results
 
 
@@ -253,23 +237,14 @@ def dataset_report(results: dict) -> list[str]:
     ]
     header = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", "peak RSS MiB main / all"]
     ratios = "; ".join(f"num_proc={n}: {unzip['seconds'] / r['seconds']:.2f}x" for n, r in enumerate(prepared, 1))
-    lines = [markdown_table(header, table), ""]
-    lines.append(
-        f"- Streaming, 1 process: **{rate(warm):,.0f} utt/s per core** (goal >= 1,000). Through 2 DataLoader "
-        f"workers: {rate(loaded):,.0f} utt/s over a whole epoch ({rate(loaded) / cores:,.0f} per core), "
-        f"{rate(steady):,.0f} utt/s ({rate(steady) / cores:,.0f} per core) once the workers run."
-    )
-    lines.append(
-        f"- Blog route / prepared route: **{ratios}** (goal >= 10x). Any route from the ZIPs must at least inflate "
-        f"them ({inflate['seconds']:.1f} s in one process): a single-process route cannot exceed "
-        f"{unzip['seconds'] / inflate['seconds']:.1f}x here."
-    )
-    lines.append(
-        f"- Streaming needs no preparation: load_dataset returned in {stream['setup_s']:.1f} s and the first decoded "
-        f"example arrived {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call; the blog route needs "
-        f"{unzip['seconds']:.1f} s before its first."
-    )
-    return lines
+    return [
+        markdown_table(header, table),
+        "",
+        (
+            f"- Streaming, 1 process: **{rate(warm):,.0f} utt/s per core**. Blog route / prepared route: **{ratios}**."
+            f" First streamed example: {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call."
+        ),
+    ]
 
 
 def format_section(results: dict, argv: list[str]) -> str:
