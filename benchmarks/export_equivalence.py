@@ -3,9 +3,9 @@
     python benchmarks/export_equivalence.py --write_results          # Whisper base, 21 clips, ~10 min on 2 cores
     python benchmarks/export_equivalence.py --model_dir runs/ko-large-v3 --splits eval_clean --data_dir /data/Kspon
 
-Each quantization, exported with `export_ct2`, decodes every clip greedily in Korean without timestamps (the
-trainer's evaluation settings), one clip at a time, against Transformers in float32: `ctranslate2.models.Whisper` on
-the same log-mel and prompt, and faster-whisper on the audio (padded to 30 s, and as is). Compared exactly and by CER.
+Each `export_ct2` quantization decodes every clip (greedy, Korean, no timestamps, one at a time) through
+`ctranslate2.models.Whisper` on Transformers' log-mel and prompt, and through faster-whisper on the audio (padded to
+30 s, and as is), compared exactly and by CER with Transformers in float32.
 """
 
 from __future__ import annotations
@@ -77,14 +77,13 @@ def hf_decode(model_dir: Path, clips: list[Clip]) -> Decoded:
     processor = WhisperProcessor.from_pretrained(model_dir)
     model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     prompt, eot = prompt_ids(processor), processor.tokenizer.eos_token_id
+    settings = {"language": LANGUAGE, "task": TASK, "num_beams": 1, "do_sample": False}
     tokens, start = [], time.perf_counter()
     for clip in clips:
-        settings = {"language": LANGUAGE, "task": TASK, "num_beams": 1, "do_sample": False}
         with torch.inference_mode():
             out = model.generate(
                 torch.from_numpy(features(processor, clip)), max_new_tokens=MAX_NEW_TOKENS, **settings
-            )
-        out = out[0].tolist()
+            )[0].tolist()
         out = out[len(prompt) :] if out[: len(prompt)] == prompt else out  # versions differ on echoing the prompt
         tokens.append([token for token in out if token != eot])
     return Decoded(_texts(processor, tokens), tokens, time.perf_counter() - start)
@@ -95,39 +94,25 @@ def ct2_decode(export_dir: Path, processor, clips: list[Clip], threads: int, com
     model = ctranslate2.models.Whisper(str(export_dir), device="cpu", compute_type=compute_type, intra_threads=threads)
     prompt, tokens, start = prompt_ids(processor), [], time.perf_counter()
     for clip in clips:
-        (result,) = model.generate(
-            ctranslate2.StorageView.from_array(features(processor, clip)),
-            [prompt],
-            beam_size=1,
-            max_length=len(prompt) + MAX_NEW_TOKENS,
-            suppress_blank=True,  # Transformers' begin_suppress_tokens
-            suppress_tokens=[-1],  # config.json's suppress_ids, Transformers' suppress_tokens
-        )
+        # suppress_blank: Transformers' begin_suppress_tokens; [-1]: config.json's suppress_ids, its suppress_tokens
+        options = {"beam_size": 1, "max_length": len(prompt) + MAX_NEW_TOKENS, "suppress_blank": True}
+        view = ctranslate2.StorageView.from_array(features(processor, clip))
+        (result,) = model.generate(view, [prompt], suppress_tokens=[-1], **options)
         tokens.append(result.sequences_ids[0])
     return Decoded(_texts(processor, tokens), tokens, time.perf_counter() - start)
 
 
 def faster_whisper_decode(export_dir: Path, clips: list[Clip], threads: int, pad: bool = True) -> Decoded:
-    """faster-whisper as a user calls it, with the thresholds that would re-decode or drop a segment turned off.
-    `pad`: the audio padded to Whisper's 30 s window, so that its log-mel equals Transformers' (to 3e-5). Unpadded,
-    it pads the log-mel itself as openai/whisper does (zeros after the speech, where Transformers puts the log-mel of
-    silence): a different input, which changes uncertain tokens."""
+    """faster-whisper as a user calls it, the thresholds that re-decode or drop a segment off. `pad`: the audio padded
+    to 30 s, so that its log-mel equals Transformers' (to 3e-5); unpadded, faster-whisper zero-pads the log-mel."""
     model = WhisperModel(str(export_dir), device="cpu", compute_type="default", cpu_threads=threads)
-    off = {"compression_ratio_threshold": None, "log_prob_threshold": None, "no_speech_threshold": None}
+    options = {"compression_ratio_threshold": None, "log_prob_threshold": None, "no_speech_threshold": None}
+    options |= {"beam_size": 1, "temperature": 0.0, "without_timestamps": True, "max_new_tokens": MAX_NEW_TOKENS}
+    options |= {"language": LANGUAGE, "task": TASK, "condition_on_previous_text": False}
     texts, tokens, start = [], [], time.perf_counter()
     for clip in clips:
         audio = np.pad(clip.audio, (0, WHISPER_WINDOW_S * SAMPLING_RATE - len(clip.audio))) if pad else clip.audio
-        segments, _ = model.transcribe(
-            audio,
-            language=LANGUAGE,
-            task=TASK,
-            beam_size=1,
-            temperature=0.0,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            max_new_tokens=MAX_NEW_TOKENS,
-            **off,
-        )
+        segments, _ = model.transcribe(audio, **options)
         segments = list(segments)  # a generator: decoding happens here
         texts.append("".join(segment.text for segment in segments).strip())
         tokens.append([token for segment in segments for token in segment.tokens])
@@ -138,26 +123,16 @@ def _texts(processor: WhisperProcessor, tokens: list[list[int]]) -> list[str]:
     return [processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in tokens]
 
 
-def compare(reference: Decoded, other: Decoded, clips: list[Clip]) -> dict:
+def summary(decoded: Decoded, clips: list[Clip], hf: Decoded | None = None) -> dict:
+    references, texts = [clip.reference for clip in clips], decoded.texts
     return {
-        "identical": sum(a == b for a, b in zip(reference.texts, other.texts, strict=True)),
-        "cer_vs_hf": score(reference.texts, other.texts)["cer"],
-        **summary(other, clips),
-    }
-
-
-def summary(decoded: Decoded, clips: list[Clip]) -> dict:
-    references = [clip.reference for clip in clips]
-    return {
-        "cer_vs_references": score(references, decoded.texts)["cer"],
-        "loops": sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, decoded.texts, strict=True)),
+        "identical": hf and sum(a == b for a, b in zip(hf.texts, texts, strict=True)),
+        "cer_vs_hf": hf and score(hf.texts, texts)["cer"],
+        "cer_vs_references": score(references, texts)["cer"],
+        "loops": sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, texts, strict=True)),
         "tokens": sum(map(len, decoded.tokens)),
         "seconds": decoded.seconds,
     }
-
-
-def folder_mib(folder: Path) -> float:
-    return sum(path.stat().st_size for path in folder.iterdir()) / 2**20
 
 
 def run(model_dir: Path, clips: list[Clip], quantizations: list[str], threads: int, workdir: Path) -> dict:
@@ -178,9 +153,9 @@ def run(model_dir: Path, clips: list[Clip], quantizations: list[str], threads: i
             decoders["ct2_int8_at_load"] = ct2_decode(export_dir, processor, clips, threads, compute_type="int8")
         results[quantization] = {
             "export_s": export_s,
-            "mib": folder_mib(export_dir),
+            "mib": sum(path.stat().st_size for path in export_dir.iterdir()) / 2**20,
             "compute_type": ctranslate2.models.Whisper(str(export_dir), device="cpu").compute_type,
-            "decoders": {name: compare(hf, decoded, clips) for name, decoded in decoders.items()},
+            "decoders": {name: summary(decoded, clips, hf) for name, decoded in decoders.items()},
         }
     return results
 
