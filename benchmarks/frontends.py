@@ -3,13 +3,9 @@
     python benchmarks/frontends.py --write_results                            # the demo at seeds 42, 1, 2
     python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
 
-For each --feature_padding_probability P and --seed S, the demo's fine-tune (`configs/demo.yaml`, ~15-20 min on 2
-cores; reused, with its decodes, when its folder holds them) is exported with `kspon_whisper.export` to float16
-and int8, and the 26 held-out clips of the sample (test + eval_clean) are decoded by faster-whisper the way its
-README calls it: the clip as given (not padded by hand), `language="ko", beam_size=1, temperature=0.0,
-condition_on_previous_text=False`, with and without timestamps. Transformers' row is the trainer's own predictions
-(predictions_<split>.jsonl). faster-whisper zero-pads the clip's log-mel to 3,000 frames where Transformers pads the
-waveform to 30 s (kspon_whisper/log_mel.py); P is the share of training examples given faster-whisper's form.
+For each --feature_padding_probability P and --seed S, the demo's fine-tune (~15-20 min on 2 cores; reused with its
+decodes when done) is exported to float16 and int8, and faster-whisper decodes the sample's 26 held-out clips as its
+README calls it (the clip as given, greedy, with and without timestamps), against the trainer's own predictions.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ from transformers import WhisperFeatureExtractor
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the repo need not be installed
 
-from benchmarks.harness import cpu_model, markdown_table, write_section  # noqa: E402
+from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.collator import WhisperCollator  # noqa: E402
 from kspon_whisper.data import DeviceInputs  # noqa: E402
@@ -49,12 +45,9 @@ def fine_tune(probability: float, seed: int, runs: Path) -> Path:
     """The demo's fine-tune with this share and seed (reused when already done)."""
     output_dir = runs / f"p{probability:g}-s{seed}"
     if not (output_dir / "metrics.json").is_file():
-        command = [
-            *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/cpu.yaml"),
-            *("train_accelerate.py", "--config", "configs/demo.yaml", "--output_dir", str(output_dir)),
-            *("--seed", str(seed), "--feature_padding_probability", str(probability), "--report_to", "none"),
-        ]
-        print("$", " ".join(command), flush=True)
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/cpu.yaml"]
+        command += ["train_accelerate.py", "--config", "configs/demo.yaml", "--output_dir", str(output_dir)]
+        command += ["--seed", str(seed), "--feature_padding_probability", str(probability), "--report_to", "none"]
         subprocess.run(command, cwd=REPO, check=True)
     return output_dir
 
@@ -76,15 +69,9 @@ def transformers_texts(output_dir: Path) -> dict[str, tuple[str, str]]:
 def faster_whisper_texts(model_dir: Path, compute_type: str, clips, timestamps: bool) -> dict[str, str]:
     model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=2)
     texts = {}
+    options = {"language": LANGUAGE, "beam_size": 1, "temperature": 0.0, "condition_on_previous_text": False}
     for uid, audio in clips:
-        segments, _ = model.transcribe(
-            audio,
-            language=LANGUAGE,
-            beam_size=1,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            without_timestamps=not timestamps,
-        )
+        segments, _ = model.transcribe(audio, without_timestamps=not timestamps, **options)
         texts[uid] = "".join(segment.text for segment in segments).strip()
     return texts
 
@@ -122,9 +109,8 @@ def measure(output_dir: Path, clips) -> list[dict]:
 
 
 def front_end_cost(probabilities=(0.0, 0.5, 1.0), batch_size: int = 16, repeats: int = 5) -> dict[float, float]:
-    """Milliseconds (best of `repeats`, one thread) to compute a large-v3 batch's log-mels (128 mels) with a share of
-    its rows feature-padded: those rows' STFT covers the clip alone, not 30 s. Clips of 0.5-12 s (KsponSpeech: 5.6 s
-    on average)."""
+    """Milliseconds (best of `repeats`, one thread) for the 128-mel log-mels of a batch of 0.5-12 s clips with a share
+    of its rows feature-padded (their STFT covers the clip alone, not 30 s)."""
     torch.set_num_threads(1)
     extractor = WhisperFeatureExtractor(feature_size=128)
     inputs = DeviceInputs(SimpleNamespace(feature_extractor=extractor), torch.device("cpu"))
@@ -136,8 +122,7 @@ def front_end_cost(probabilities=(0.0, 0.5, 1.0), batch_size: int = 16, repeats:
         rows = [
             {"audio": a, "labels": [0], "feature_padded": i < batch_size * probability} for i, a in enumerate(audio)
         ]
-        batch = collate(rows)
-        timings = []
+        batch, timings = collate(rows), []
         for _ in range(repeats):
             start = time.perf_counter()
             inputs(batch)
@@ -146,11 +131,9 @@ def front_end_cost(probabilities=(0.0, 0.5, 1.0), batch_size: int = 16, repeats:
     return cost
 
 
-def format_section(results: list[dict], command: str, commit: str) -> str:
-    lines = [SECTION, "", f"`{command}` at commit {commit}, on {cpu_model()} (2 cores), faster-whisper float16 export"]
-    lines[-1] += (
-        " run in float32 (a CPU has no float16 kernels), int8 in int8. Space-free CER on the 26 held-out clips."
-    )
+def format_section(results: list[dict], argv: list[str] | None) -> str:
+    lines = [section_head(SECTION, __file__, argv, "faster-whisper").rstrip("\n")]
+    lines.append("- float16 exports run in float32 (a CPU has no float16 kernels). Space-free CER, held-out clips.")
     header = ["P", "seed", "decoder", "space-free CER", "x Transformers", "identical to Transformers", "only �/digits"]
     table = []
     for run in results:
@@ -160,9 +143,7 @@ def format_section(results: list[dict], command: str, commit: str) -> str:
             cells = [f"{run['probability']:g}", str(run["seed"]), r["decoder"], f"{r['cer_nospace']:.3f}", ratio]
             table.append([*cells, f"{r['identical']}/{r['n']}", str(r["broken"])])
     cost = ", ".join(f"P {p:g}: {ms:.0f} ms" for p, ms in front_end_cost().items())
-    cost = (
-        f"What it costs: the log-mels of a batch of 16 clips of 0.5-12 s, large-v3's 128 mels, one CPU thread: {cost}."
-    )
+    cost = f"What it costs: the log-mels of 16 clips of 0.5-12 s, large-v3's 128 mels, one CPU thread: {cost}."
     return "\n".join([*lines, "", markdown_table(header, table), "", cost, ""])
 
 
@@ -183,12 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows = measure(fine_tune(probability, seed, args.runs), clips)
             results.append({"probability": probability, "seed": seed, "rows": rows})
             print(json.dumps(results[-1], ensure_ascii=False), f"({time.perf_counter() - start:.0f} s)", flush=True)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, cwd=REPO, capture_output=True, text=True)
-    command = "python benchmarks/frontends.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    section = format_section(results, command, git.stdout.strip())
-    print(section)
-    if args.write_results:
-        write_section(section)
+    publish(format_section(results, argv), args.write_results)
     return results
 
 
