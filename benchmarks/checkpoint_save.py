@@ -2,13 +2,9 @@
 
     python benchmarks/checkpoint_save.py --scale 8 --write_results   # ~2 min on 2 cores; --scale 1 needs ~40 GB RAM
 
-The state: large-v3's parameter shapes (the first 1/scale of its parameters, in order, as random fp32 tensors) and
-AdamW's two moments, prepared by one CPU Accelerator. Each repeat times, from a clean page cache's dirty side
-(`os.sync` first):
-- `save_checkpoint` as the trainer calls it: every file hashed while it is written, COMPLETE.json, the rename;
-- `save_state` alone, the same write with no digest, and with the model as safetensors (the format before);
-- reading a written checkpoint back to hash it: what each save added after its write before, and what verifying a
-  checkpoint at resume still costs.
+The first 1/scale of large-v3's parameters (random fp32) with AdamW's two moments, on one CPU Accelerator. Each repeat
+(after `os.sync`) times `save_checkpoint` as the trainer calls it, `save_state` alone (torch.save, and the model as
+safetensors: the format before), and reading the checkpoint back to hash it (what each save added before).
 """
 
 import argparse
@@ -115,12 +111,9 @@ def format_section(results: dict, argv: list[str] | None) -> str:
         f"with AdamW's two moments: {gb:.2f} GB on disk. Median of {results['repeats']} repeats, each after "
         "`os.sync`; the writes go to the page cache.\n\n"
         + markdown_table(["what", "s (median)", "range", "GB/s"], table)
-        + "\n\nBefore, each save wrote the state (the model as safetensors) and then read all of it back to hash "
-        f"it, every other rank waiting: {before:.2f} s here (the medians' sum). Now the digests are read while the "
-        f"writers write: {after:.2f} s ({after / before:.0%}), about what hashing {gb:.2f} GB takes alone; the write "
-        f"hides behind it. At full size (x{factor:.1f}, ~{gb * factor:.0f} GB) the read-back would add "
-        f"~{median['read back'] * factor:.0f} s to every save on this CPU. Writes to the page cache vary run to run "
-        "on this shared VM (see the ranges); reading back does not.\n"
+        + f"\n\nBefore (the write as safetensors, then the read-back): {before:.2f} s; now {after:.2f} s "
+        f"({after / before:.0%}). At full size (x{factor:.1f}, ~{gb * factor:.0f} GB) the read-back would add "
+        f"~{median['read back'] * factor:.0f} s to every save.\n"
     )
 
 
