@@ -1,9 +1,6 @@
-"""What every benchmark shares: the machine line, a markdown table, the RESULTS.md section writer, and a phase run in
-a fresh Python process with its peak memory.
-
-A phase is a function `phase_<name>(spec: dict) -> dict` of a benchmark module; `run_fresh("data_pipeline", "stream",
-spec)` runs it as `python -m benchmarks.harness data_pipeline stream <spec> <result>`, so no import, cache or page of
-an earlier phase counts in its time or memory.
+"""What every benchmark shares: the machine line, a markdown table, the RESULTS.md section writer, and a phase
+`phase_<name>(spec: dict) -> dict` of a benchmark module run in a fresh Python process with its peak memory
+(`python -m benchmarks.harness <module> <name> <spec> <result>`), so nothing of an earlier phase counts in it.
 """
 
 from __future__ import annotations
@@ -30,14 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 MIB = 2**20
 BY_HAND = "<!-- Written by hand; a new measurement keeps what follows. -->"
-POLL_S = 0.05
 
 
 def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError, TypeError):
+        return re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)[1]
     return platform.processor() or platform.machine()
 
 
@@ -50,9 +44,8 @@ def git_commit() -> str:
 def machine_line(*packages: str, device: str | None = None) -> str:
     """`- Machine: ...`: where and with what a section's numbers were measured; `packages` adds their versions."""
     versions = ", ".join(
-        f"{name} {importlib.metadata.version(name)}" for name in ("torch", "transformers", "datasets")
+        f"{name} {importlib.metadata.version(name)}" for name in ("torch", "transformers", "datasets", *packages)
     )
-    versions += "".join(f", {name} {importlib.metadata.version(name)}" for name in packages)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {ram:.1f} GiB RAM{f', {device}' if device else ''}, "
@@ -62,7 +55,7 @@ def machine_line(*packages: str, device: str | None = None) -> str:
 
 
 def section_head(heading: str, script: str, argv: list[str] | None, *packages: str, device: str | None = None) -> str:
-    """A section's heading, the command that measured it (as run: `argv`, OMP_NUM_THREADS) and the machine line."""
+    """A section's heading, the command that measured it (`argv` or sys.argv, OMP_NUM_THREADS), the machine line."""
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = f"{threads}python benchmarks/{Path(script).name} {shlex.join(sys.argv[1:] if argv is None else argv)}"
     return f"{heading}\n\n- Command: `{command.strip()}`\n{machine_line(*packages, device=device)}\n"
@@ -126,19 +119,16 @@ def run_process(
     cwd: Path = REPO,
     log: IO | None = None,
 ) -> tuple[int | None, float, float]:
-    """(exit code, seconds, peak MiB of the whole process tree, sampled every 50 ms and summed). Past `timeout_s`
-    every process of the tree gets SIGABRT (with PYTHONFAULTHANDLER set, Python prints its stacks), then SIGKILL,
-    and the exit code is None. The tree is walked by parent, so workers in sessions of their own are found too."""
+    """(exit code, seconds, peak MiB of the process tree, sampled every 50 ms and summed). Past `timeout_s` the tree
+    gets SIGABRT (with PYTHONFAULTHANDLER set, Python prints its stacks), then SIGKILL, and the exit code is None."""
     start, peak = time.perf_counter(), 0
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT if log else None)
-    root = psutil.Process(process.pid)
+    tree = [root := psutil.Process(process.pid)]
     while process.poll() is None:
         with contextlib.suppress(psutil.Error):  # a process may exit between listing and reading: skip the sample
-            tree = [root, *root.children(recursive=True)]
+            tree = [root, *root.children(recursive=True)]  # by parent: workers in sessions of their own too
             peak = max(peak, sum(p.memory_info().rss for p in tree))
         if timeout_s is not None and time.perf_counter() - start > timeout_s:
-            with contextlib.suppress(psutil.Error):
-                tree = [root, *root.children(recursive=True)]
             for signum in (signal.SIGABRT, signal.SIGKILL):
                 for p in tree:
                     with contextlib.suppress(psutil.Error):
@@ -146,7 +136,7 @@ def run_process(
                 time.sleep(2)
             process.wait()
             return None, time.perf_counter() - start, peak / MIB
-        time.sleep(POLL_S)
+        time.sleep(0.05)
     return process.returncode, time.perf_counter() - start, peak / MIB
 
 
