@@ -2,11 +2,9 @@
 
     python benchmarks/lora_memory.py --write_results
 
-Parameters and bytes: the large-v3 config on the meta device, with the adapters `--lora_rank` adds (fp32 weights and
-gradients, AdamW's two fp32 moments for what trains). Activations: the tensors autograd saves (deduplicated by
-storage) in one bf16-autocast forward of a model of large-v3's width with one layer per stack, at batch 1 and 2 (the
-difference is per sample), times 32 layers; bf16 copies of weights apart; with checkpointing, assembled from the
-counts (an estimate). Then the largest batch for 24, 48 and 80 GB cards, 10 % of the card kept free (assumed).
+Parameters and bytes from the large-v3 config on the meta device; activations from the tensors autograd saves in a
+bf16-autocast forward of one layer per stack at batch 1 and 2, times 32 layers (checkpointed: an estimate from those
+counts); then the largest batch that fits 24, 48 and 80 GB cards.
 """
 
 from __future__ import annotations
@@ -60,15 +58,15 @@ SETUPS = [Setup(0)] + [Setup(rank, mlp) for mlp in (False, True) for rank in (8,
 def parameter_bytes(setup: Setup) -> dict[str, float]:
     with torch.device("meta"):
         model = setup.build()
-    parameters = list(model.parameters())
-    total = sum(p.numel() for p in parameters)
-    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # fp32 master weights (autocast computes in bf16 from them), fp32 gradients, AdamW's exp_avg and exp_avg_sq
     return {
         "total": total,
         "trainable": trainable,
-        "weights": 4 * total,  # fp32 master weights (autocast computes in bf16 from them)
+        "weights": 4 * total,
         "gradients": 4 * trainable,
-        "adamw": 8 * trainable,  # exp_avg and exp_avg_sq, fp32
+        "adamw": 8 * trainable,
     }
 
 
