@@ -2,14 +2,10 @@
 
     python benchmarks/exit_soak.py --runs 20   # ~15 min on 2 cores
 
-Each run is tests/test_two_process.py's kind of command: `accelerate launch --multi_gpu --num_processes 2` with
-ACCELERATE_USE_CPU=true, `train_accelerate.py` on a tiny random Whisper and the 60-utterance tone corpus (built in a
-temporary folder, as the tests build them), alternating a streaming run (`--max_steps 7`) and a map-style one
-(`--num_epochs 1`). A run must exit 0 within --timeout_s; past it, it counts as a hang, its whole process tree gets
-SIGABRT (Python prints every thread's stack into the log), then SIGKILL, and the end of its log is printed.
+Each run: `accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo), `train_accelerate.py` on a tiny random
+Whisper and a 60-utterance tone corpus, alternating streaming (`--max_steps 7`) and map-style (`--num_epochs 1`). A run
+past --timeout_s is a hang: its tree gets SIGABRT (Python prints every thread's stack into the log), then SIGKILL.
 """
-
-from __future__ import annotations
 
 import argparse
 import os
