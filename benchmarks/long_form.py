@@ -2,13 +2,10 @@
 
     OMP_NUM_THREADS=1 python benchmarks/long_form.py --write_results   # ~4 min on a busy 2-core CPU
 
-tools/sample_audio.py's long file (24 sample clips, one across the 30 s mark; tests/test_long_form.py decodes it too)
-through the untouched Whisper base, greedy: each clip alone (the reference for the straddling clip), then the file in
-long form (`Transcriber`) with the default fallback settings and with the rules this voice trips turned off. CER
-against the references, the straddling clip's own hypothesis found in each transcript (`substring_cer`), segments.
+tools/sample_audio.py's long file (24 clips, one across the 30 s mark) through the untouched Whisper base, greedy:
+each clip alone, then the file in long form (`Transcriber`) with the default fallback settings and with the rules this
+voice trips turned off; CER, and the straddling clip's own hypothesis found in each transcript (`substring_cer`).
 """
-
-from __future__ import annotations
 
 import argparse
 import sys
@@ -31,10 +28,9 @@ SECTION = "## Long-form transcription"
 LONG_FORM_VARIANTS = {
     "long form, default settings": {},
     "long form, no_speech_threshold off": {"no_speech_threshold": None},
-    "long form, logprob_threshold and no_speech_threshold off (the test)": {
-        "logprob_threshold": None,
-        "no_speech_threshold": None,
-    },
+    "long form, logprob_threshold and no_speech_threshold off (the test)": dict.fromkeys(
+        ["logprob_threshold", "no_speech_threshold"]
+    ),
 }
 
 
@@ -69,9 +65,7 @@ def measure(model_dir: str, device: str) -> dict:
 def report(measured: dict, argv: list[str] | None, device: str) -> str:
     audio, clip = measured["audio"], measured["audio"].straddler()
     header = ["decoding", "CER vs the references", "straddling clip's own hypothesis in it (substring CER)", "seconds"]
-    rows = [
-        [name, f"{cer:.3f}", f"{found:.3f}", f"{seconds:.1f}"] for name, cer, found, seconds, _ in measured["rows"]
-    ]
+    rows = [[name, f"{cer:.3f}", f"{found:.3f}", f"{time_s:.1f}"] for name, cer, found, time_s, _ in measured["rows"]]
     lines = [section_head(SECTION, __file__, argv, device=f"device {device}").rstrip("\n")]
     lines.append(
         f"- Audio: {len(audio.clips)} sample-corpus clips, {audio.duration:.1f} s, {PAUSE_S} s pauses; "
