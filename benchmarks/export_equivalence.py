@@ -8,8 +8,6 @@ Each `export_ct2` quantization decodes every clip (greedy, Korean, no timestamps
 30 s, and as is), compared exactly and by CER with Transformers in float32.
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 import tempfile

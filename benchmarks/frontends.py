@@ -8,8 +8,6 @@ decodes when done) is exported to float16 and int8, and faster-whisper decodes t
 README calls it (the clip as given, greedy, with and without timestamps), against the trainer's own predictions.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import subprocess

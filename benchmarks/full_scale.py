@@ -9,8 +9,6 @@ at world size 1 and 8 (audio reads per kept example, counted by wrapping `read_f
 shares. tests/test_data_order.py guards the same properties' correctness on a scaled-down layout.
 """
 
-from __future__ import annotations
-
 import argparse
 import itertools
 import json

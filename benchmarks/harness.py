@@ -3,8 +3,6 @@
 (`python -m benchmarks.harness <module> <name> <spec> <result>`), so nothing of an earlier phase counts in it.
 """
 
-from __future__ import annotations
-
 import contextlib
 import importlib
 import importlib.metadata

@@ -7,8 +7,6 @@ bf16-autocast forward of one layer per stack at batch 1 and 2, times 32 layers (
 counts); then the largest batch that fits 24, 48 and 80 GB cards.
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 from collections import defaultdict

@@ -7,8 +7,6 @@ the default (a finished output_dir is reused); then each model and the untouched
 held-out clip (well-formed?) and the clips joined with 1 s pauses in long form (ordered, inside, ending where?).
 """
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import itertools

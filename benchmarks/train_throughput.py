@@ -10,8 +10,6 @@ checkpointing. B: `Seq2SeqTrainer`, batch 4 x accumulation 4, bf16, checkpointin
 Samples/s is the median over windows after warm-up; MFU uses kspon_whisper/flops.py's FLOP count.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import gc

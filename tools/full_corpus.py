@@ -9,8 +9,6 @@ over 30 s), which deflate ~1,000:1. Three names are stored twice, the second cop
 65,535 entries (a ZIP64 end record) and gives its second half of members ZIP64 offsets, as the ~14 GB archives do.
 """
 
-from __future__ import annotations
-
 import json
 import math
 import shutil
