@@ -27,7 +27,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/data_pipeline.py`, the repo packages are not installed
 
-from benchmarks.harness import markdown_table, offline_env, publish, run_fresh, section_head  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, offline_env, publish, run_fresh, section_head  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE, eval_split_of, pcm_samples, utterance_split  # noqa: E402
 
 SECTION = "## Data pipeline"
@@ -210,12 +210,11 @@ def median_run(runs: list[dict]) -> dict:
     return next(run for run in runs if run["seconds"] == seconds) | {"of": len(runs)}
 
 
-def dataset_report(results: dict) -> list[str]:
-    """The loading script's table, then what it means."""
-    stream, dataloader, unzip, inflate = (results[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
-    warm, loaded = median_run(stream["warm"]), median_run(dataloader["warm"])
-    cores, steady = min(2, os.cpu_count() or 1), loaded["steady"]
-    prepared = [results[f"prepare_np{n}"] for n in (1, 2)]
+def format_section(results: dict, argv: list[str]) -> str:
+    corpus, loader, phases = results["corpus"], results["loader"], results["dataset"]
+    stream, dataloader, unzip, inflate = (phases[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
+    warm, loaded, cores = median_run(stream["warm"]), median_run(dataloader["warm"]), min(2, os.cpu_count() or 1)
+    prepared = [phases[f"prepare_np{n}"] for n in (1, 2)]
     blog = f"blog route: extract {unzip['extract_s']:.1f} s + WAVs {unzip['wav_s']:.1f} s + manifests "
     blog += f"{unzip['manifest_s']:.1f} s, {unzip['bytes'] / MIB:,.0f} MiB on disk"
     floor = f"floor: inflate all {inflate['examples']:,} ZIP members ({inflate['bytes'] / MIB:,.0f} MiB), no output"
@@ -224,7 +223,7 @@ def dataset_report(results: dict) -> list[str]:
         ("streaming, 1 process, first pass (builds ZIP index, lazy imports)", stream["cold"], 1, stream),
         (f"streaming, 1 process, median of {warm['of']} warm passes", warm, 1, stream),
         (epoch, loaded, cores, dataloader),
-        ("the same epoch from its first batch on (workers running)", steady, cores, dataloader),
+        ("the same epoch from its first batch on (workers running)", loaded["steady"], cores, dataloader),
     ]
     for n, run in enumerate(prepared, 1):
         label = f"download_and_prepare(num_proc={n}), all splits, {run['bytes'] / MIB:,.0f} MiB Arrow"
@@ -235,48 +234,36 @@ def dataset_report(results: dict) -> list[str]:
         + [f"{run['audio_s'] / run['seconds']:,.0f}" if "audio_s" in run else "-", rss(phase)]
         for label, run, n, phase in rows
     ]
-    header = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", "peak RSS MiB main / all"]
     ratios = "; ".join(f"num_proc={n}: {unzip['seconds'] / r['seconds']:.2f}x" for n, r in enumerate(prepared, 1))
-    return [
-        markdown_table(header, table),
-        "",
-        (
-            f"- Streaming, 1 process: **{rate(warm):,.0f} utt/s per core**. Blog route / prepared route: **{ratios}**."
-            f" First streamed example: {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call."
-        ),
-    ]
-
-
-def format_section(results: dict, argv: list[str]) -> str:
-    corpus, loader = results["corpus"], results["loader"]
-    loads = [load for phase in [*results["dataset"].values(), *loader] for load in phase["load_avg"]]
-    rows = [
+    loader_table = [
         [run["audio_mode"], run["n_mels"] if run["audio_mode"] == "features" else "- (on GPU)", run["workers"]]
         + [f"{run['examples']:,} ({run['batches']} batches)", f"{rate(run):,.1f}"]
         + [f"{rate(run) / max(run['workers'], 1):,.1f}", f"{run['startup_s']:.1f}", rss(run)]
         for run in loader
     ]
-    header = ["audio_mode", "mels", "workers", "samples timed", "samples/s", "per worker", "startup s"]
-    head = section_head(SECTION, __file__, argv, "torchdata", "numpy", "pyarrow", "soundfile")
-    head += (
-        f"- Load: the 1-minute load average read {min(loads):.1f} to {max(loads):.1f} at the starts and ends of the "
+    loads = [load for phase in [*phases.values(), *loader] for load in phase["load_avg"]]
+    header = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", "peak RSS MiB main / all"]
+    loader_header = ["audio_mode", "mels", "workers", "samples timed", "samples/s", "per worker", "startup s"]
+    return (
+        section_head(SECTION, __file__, argv, "torchdata", "numpy", "pyarrow", "soundfile")
+        + f"- Load: the 1-minute load average read {min(loads):.1f} to {max(loads):.1f} at the starts and ends of the "
         f"phases. Corpus: {corpus['num_utterances']:,} utterances, {corpus['audio_s'] / 3600:.1f} h of tone audio "
         f"({corpus['audio_s'] / corpus['num_utterances']:.2f} s per clip), {corpus['zip_bytes'] / MIB:,.0f} MiB of "
-        f"ZIPs, generated in {corpus['seconds']:.0f} s."
+        f"ZIPs, generated in {corpus['seconds']:.0f} s.\n\n### Loading script\n\n{markdown_table(header, table)}\n\n"
+        f"- Streaming, 1 process: **{rate(warm):,.0f} utt/s per core**. Blog route / prepared route: **{ratios}**. "
+        f"First streamed example: {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call.\n\n"
+        f"### Training DataLoader\n\n{markdown_table([*loader_header, 'peak RSS MiB main / all'], loader_table)}\n"
     )
-    parts = [head, "", "### Loading script", "", *dataset_report(results["dataset"]), "", "### Training DataLoader"]
-    return "\n".join([*parts, "", markdown_table([*header, "peak RSS MiB main / all"], rows)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--num_utterances", type=int, default=20_000, help="corpus size")
     parser.add_argument("--workdir", type=Path, help="where the scratch folder goes (default: the system's temp)")
     parser.add_argument("--passes", type=int, default=3, help="timed streaming passes (plus one cold pass)")
     parser.add_argument("--loader_batches", type=int, default=48, help="timed batches per loader configuration")
     workers = sorted({1, 2, os.cpu_count() or 1})  # the trainer's DataLoader is timed with each count
     parser.add_argument("--loader_workers", type=lambda s: sorted({int(n) for n in s.split(",")}), default=workers)
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kspon-bench-", dir=args.workdir) as workdir:
         results = run_all(args, Path(workdir).resolve())
