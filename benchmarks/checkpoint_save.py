@@ -7,7 +7,6 @@ The first 1/scale of large-v3's parameters (random fp32) with AdamW's two moment
 safetensors: the format before), and reading the checkpoint back to hash it (what each save added before).
 """
 
-import argparse
 import hashlib
 import os
 import random
@@ -26,7 +25,7 @@ sys.path.insert(0, str(REPO))  # run as `python benchmarks/checkpoint_save.py`, 
 from accelerate import Accelerator  # noqa: E402
 from transformers import WhisperForConditionalGeneration  # noqa: E402
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
 from kspon_whisper.checkpoints import LoopState, save_checkpoint  # noqa: E402
 from kspon_whisper.random_whisper import whisper_config  # noqa: E402
 
@@ -118,11 +117,10 @@ def format_section(results: dict, argv: list[str] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--scale", type=int, default=8, help="the state is 1/scale of large-v3's (1: the whole)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, help="scratch folder, emptied afterwards (default: a temporary one)")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         results = measure(args.scale, args.repeats, Path(workdir))

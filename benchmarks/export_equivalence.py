@@ -8,7 +8,6 @@ Each `export_ct2` quantization decodes every clip (greedy, Korean, no timestamps
 30 s, and as is), compared exactly and by CER with Transformers in float32.
 """
 
-import argparse
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/export_equivalence.py`, the repo need not be installed
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE as SAMPLING_RATE  # noqa: E402
 from kspon_whisper.audio import read_audio, to_dtype  # noqa: E402
 from kspon_whisper.export import QUANTIZATIONS, export_ct2  # noqa: E402
@@ -192,13 +191,12 @@ def format_section(results: dict, clips: list[Clip], model_dir: Path, argv: list
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--model_dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="default: the offline base")
     parser.add_argument("--data_dir", type=Path, default=SAMPLE)
     parser.add_argument("--splits", nargs="+", default=["validation", "test"])
     parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS), choices=QUANTIZATIONS)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     clips = read_clips(args.data_dir, args.splits)
     with tempfile.TemporaryDirectory(prefix="export_equivalence-") as workdir:

@@ -8,7 +8,6 @@ decodes when done) is exported to float16 and int8, and faster-whisper decodes t
 README calls it (the clip as given, greedy, with and without timestamps), against the trainer's own predictions.
 """
 
-import argparse
 import json
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from transformers import WhisperFeatureExtractor
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the repo need not be installed
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.collator import WhisperCollator  # noqa: E402
 from kspon_whisper.data import DeviceInputs  # noqa: E402
@@ -146,12 +145,11 @@ def format_section(results: list[dict], argv: list[str] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--probabilities", type=float, nargs="+", default=[0.5], help="--feature_padding_probability")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "frontends", help="fine-tunes (reused)")
     parser.add_argument("--measured_only", action="store_true", help="leave out the fine-tunes not already done")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     clips, results = held_out_clips(), []
     for probability in args.probabilities:

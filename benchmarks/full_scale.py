@@ -9,7 +9,6 @@ at world size 1 and 8 (audio reads per kept example, counted by wrapping `read_f
 shares. tests/test_data_order.py guards the same properties' correctness on a scaled-down layout.
 """
 
-import argparse
 import itertools
 import json
 import math
@@ -218,7 +217,7 @@ def format_section(after: dict, info: dict, argv: list[str] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = harness.arguments(__doc__, SECTION)
     parser.add_argument("--folders", type=int, default=623, help="training folders (the real corpus has 623)")
     parser.add_argument("--per_folder", type=int, default=1000, help="utterances per folder (the last one: 54.5 %%)")
     parser.add_argument("--eval_utterances", type=int, default=6000, help="eval_clean + eval_other")
@@ -226,7 +225,6 @@ def main(argv: list[str] | None = None) -> None:
     help = "examples each rank reads, in one process; 0: its whole part, through 2 workers per rank"
     parser.add_argument("--examples_per_rank", type=int, default=4000, help=help)
     parser.add_argument("--clean", action="store_true", help="remove the work dir (and its corpus) at the end")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()

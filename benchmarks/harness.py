@@ -3,6 +3,7 @@
 (`python -m benchmarks.harness <module> <name> <spec> <result>`), so nothing of an earlier phase counts in it.
 """
 
+import argparse
 import contextlib
 import importlib
 import importlib.metadata
@@ -57,6 +58,13 @@ def section_head(heading: str, script: str, argv: list[str] | None, *packages: s
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = f"{threads}python benchmarks/{Path(script).name} {shlex.join(sys.argv[1:] if argv is None else argv)}"
     return f"{heading}\n\n- Command: `{command.strip()}`\n{machine_line(*packages, device=device)}\n"
+
+
+def arguments(doc: str, section: str) -> argparse.ArgumentParser:
+    """A benchmark's options: its docstring (the runbook) as --help, and --write_results for its RESULTS.md section."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write_results", action="store_true", help=f"update the '{section}' section of RESULTS.md")
+    return parser
 
 
 def publish(section: str, write: bool) -> None:

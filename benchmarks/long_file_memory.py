@@ -6,7 +6,6 @@
 noise files of `--minutes` and of 12 s, each in its own process (peak RSS by `wait4`); `read_audio` in tracemalloc.
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import soundfile
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
 from kspon_whisper.audio import read_audio  # noqa: E402
 from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
@@ -50,9 +49,8 @@ def transcribe_peak(model_dir: Path, audio: Path) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--minutes", type=int, default=30)
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -7,7 +7,6 @@ each clip alone, then the file in long form (`Transcriber`) with the default fal
 voice trips turned off; CER, and the straddling clip's own hypothesis found in each transcript (`substring_cer`).
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
 from kspon_whisper.inference import GenerationSettings, Transcriber, load_model  # noqa: E402
 from kspon_whisper.metrics import score  # noqa: E402
 from tools.sample_audio import LONG_CLIPS, PAUSE_S, STRADDLER, build_long_audio, sample_clips, substring_cer  # noqa: E402
@@ -80,10 +79,9 @@ def report(measured: dict, argv: list[str] | None, device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--model", default=str(REPO / "models" / "whisper-base"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     measured = measure(args.model, args.device)
     for name, *_, text in measured["rows"]:

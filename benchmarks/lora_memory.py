@@ -7,7 +7,6 @@ bf16-autocast forward of one layer per stack at batch 1 and 2, times 32 layers (
 counts); then the largest batch that fits 24, 48 and 80 GB cards.
 """
 
-import argparse
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from transformers import WhisperForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/lora_memory.py`
 
-from benchmarks.harness import markdown_table, publish, section_head
+from benchmarks.harness import arguments, markdown_table, publish, section_head
 from kspon_whisper.lora import add_lora
 from kspon_whisper.random_whisper import ARCHITECTURES, whisper_config
 from train_accelerate import TrainConfig
@@ -170,9 +169,8 @@ def report(label_tokens: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--label_tokens", type=int, default=60, help="decoder tokens per sample")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     body = report(args.label_tokens)
     head = section_head(SECTION, __file__, argv, "peft") + f"- {args.label_tokens} label tokens and 30 s of log-mel "

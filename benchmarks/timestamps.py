@@ -7,7 +7,6 @@ the default (a finished output_dir is reused); then each model and the untouched
 held-out clip (well-formed?) and the clips joined with 1 s pauses in long form (ordered, inside, ending where?).
 """
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -24,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher  # noqa: E402
@@ -197,9 +196,8 @@ def report(results: dict, argv: list[str] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "timestamps")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
     from transformers import GenerationConfig, WhisperProcessor

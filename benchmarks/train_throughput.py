@@ -35,7 +35,7 @@ from transformers import (
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/train_throughput.py`: benchmarks/, tools/ are not installed
 
-from benchmarks.harness import RESULTS, markdown_table, section_head, write_section  # noqa: E402
+from benchmarks.harness import RESULTS, arguments, markdown_table, section_head, write_section  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.collator import WhisperCollator  # noqa: E402
@@ -195,7 +195,7 @@ def batch_sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> list[list]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--model", default="large-v3", help="large-v3, large-v3-turbo, small, tiny or test")
     help = "A's batch; of a list (largest first), the first to fit"
     parser.add_argument("--batch_size", type=batch_sizes, default=[16], help=help)
@@ -206,7 +206,6 @@ def main(argv: list[str] | None = None) -> list[list]:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, kernels, workers)")
     parser.add_argument("--window", type=int, default=5, help="steps per timing window; the median window counts")
     parser.add_argument("--configs", default="A,B", help="which configurations to run: A, B or A,B")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     parser.add_argument("--results", type=Path, default=RESULTS, help="write to this file instead")
     args = parser.parse_args(argv)
     checkpointed = args.checkpointed_batch_size or args.batch_size
