@@ -9,7 +9,6 @@ README calls it (the clip as given, greedy, with and without timestamps), agains
 """
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from transformers import WhisperFeatureExtractor
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the repo need not be installed
 
-from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
+from benchmarks.harness import arguments, demo_fine_tune, markdown_table, publish, section_head  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.collator import WhisperCollator  # noqa: E402
 from kspon_whisper.data import DeviceInputs  # noqa: E402
@@ -36,17 +35,6 @@ SECTION = "## faster-whisper on audio as given: the two front-ends"
 SPLITS = ("test", "eval_clean")
 # (export quantization, faster-whisper compute type): float16 weights run in float32 on a CPU
 DECODERS = (("float16", "float32"), ("int8", "int8"))
-
-
-def fine_tune(probability: float, seed: int, runs: Path) -> Path:
-    """The demo's fine-tune with this share and seed (reused when already done)."""
-    output_dir = runs / f"p{probability:g}-s{seed}"
-    if not (output_dir / "metrics.json").is_file():
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/cpu.yaml"]
-        command += ["train_accelerate.py", "--config", "configs/demo.yaml", "--output_dir", str(output_dir)]
-        command += ["--seed", str(seed), "--feature_padding_probability", str(probability), "--report_to", "none"]
-        subprocess.run(command, cwd=REPO, check=True)
-    return output_dir
 
 
 def held_out_clips() -> list[tuple[str, np.ndarray]]:
@@ -154,10 +142,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     clips, results = held_out_clips(), []
     for probability in args.probabilities:
         for seed in args.seeds:
-            if args.measured_only and not (args.runs / f"p{probability:g}-s{seed}" / "frontends.json").is_file():
+            output_dir = args.runs / f"p{probability:g}-s{seed}"  # the demo's fine-tune, reused when done
+            if args.measured_only and not (output_dir / "frontends.json").is_file():
                 continue
             start = time.perf_counter()
-            rows = measure(fine_tune(probability, seed, args.runs), clips)
+            options = ["--seed", str(seed), "--feature_padding_probability", str(probability), "--report_to", "none"]
+            demo_fine_tune(output_dir, *options)
+            rows = measure(output_dir, clips)
             results.append({"probability": probability, "seed": seed, "rows": rows})
             print(json.dumps(results[-1], ensure_ascii=False), f"({time.perf_counter() - start:.0f} s)", flush=True)
     publish(format_section(results, argv), args.write_results)

@@ -112,6 +112,21 @@ def offline_env(workdir: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def demo_fine_tune(output_dir: Path, *options: str) -> str:
+    """The demo's fine-tune (`configs/demo.yaml` on configs/cpu.yaml) with `options` into `output_dir` (its log:
+    train.log), unless a run finished there (metrics.json, written last). Returns the command as a user runs it."""
+    output_dir = output_dir.resolve()
+    shown = output_dir.relative_to(REPO) if output_dir.is_relative_to(REPO) else output_dir
+    command = ["--config_file", "configs/cpu.yaml", "train_accelerate.py", "--config", "configs/demo.yaml"]
+    command += ["--output_dir", str(shown), *options]
+    if not (output_dir / "metrics.json").exists():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with (output_dir / "train.log").open("w") as log:
+            launch = [sys.executable, "-m", "accelerate.commands.launch", *command]
+            subprocess.run(launch, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return shlex.join(["accelerate", "launch", *command])
+
+
 def proc_mib(field: str = "VmRSS") -> float:
     """VmRSS (now) or VmHWM (peak) of this process, in MiB."""
     return int(re.search(rf"{field}:\s*(\d+)", Path("/proc/self/status").read_text())[1]) / 1024

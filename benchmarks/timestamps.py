@@ -10,9 +10,7 @@ held-out clip (well-formed?) and the clips joined with 1 s pauses in long form (
 import dataclasses
 import itertools
 import json
-import shlex
 import statistics
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
+from benchmarks.harness import arguments, demo_fine_tune, markdown_table, publish, section_head  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher  # noqa: E402
@@ -46,20 +44,11 @@ BATCH = 8
 MAX_NEW_TOKENS = 225  # kspon_whisper.evaluation.MAX_NEW_TOKENS
 
 
-def fine_tune(output_dir: Path, probability: float | None) -> dict:
-    """One demo fine-tune (or the one already there); its log is output_dir/train.log."""
-    output_dir = output_dir.resolve()
-    shown = output_dir.relative_to(REPO) if output_dir.is_relative_to(REPO) else output_dir
-    command = ["accelerate", "launch", "--config_file", "configs/cpu.yaml", "train_accelerate.py", "--config"]
-    command += ["configs/demo.yaml", "--output_dir", str(shown), "--final_eval_splits", "test"]
-    command += [] if probability is None else ["--timestamp_probability", f"{probability:g}"]
-    if not (output_dir / "metrics.json").exists():  # written last, after the final evaluation
-        output_dir.mkdir(parents=True, exist_ok=True)
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", *command[2:]]
-        with (output_dir / "train.log").open("w") as log:
-            subprocess.run(launcher, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+def fine_tune(output_dir: Path, *options: str) -> dict:
+    """One demo fine-tune (or the one already there), final evaluation cut to the test split."""
+    command = demo_fine_tune(output_dir, "--final_eval_splits", "test", *options)
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    return {"command": shlex.join(command), **{f"{k}_cer": metrics[k]["cer"] for k in ("test", "validation")}}
+    return {"command": command, **{f"{k}_cer": metrics[k]["cer"] for k in ("test", "validation")}}
 
 
 def realised_share(processor, generation_config) -> dict:
@@ -206,16 +195,14 @@ def main(argv: list[str] | None = None) -> dict:
     processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
     results = {"share": realised_share(processor, GenerationConfig.from_pretrained(BASE))}
     print(json.dumps(results["share"]), flush=True)
-    runs = {
-        "p = 0": (args.runs_dir / "p0", 0.0),
-        f"p = {DEFAULT_PROBABILITY} (default)": (args.runs_dir / "p-default", None),
-    }
-    results["runs"] = {name: fine_tune(out, p) for name, (out, p) in runs.items()}
+    runs = {"p = 0": args.runs_dir / "p0", f"p = {DEFAULT_PROBABILITY} (default)": args.runs_dir / "p-default"}
+    options = {"p = 0": ["--timestamp_probability", "0"]}
+    results["runs"] = {name: fine_tune(out, *options.get(name, [])) for name, out in runs.items()}
     clips = held_out_clips()
     # Decoding steps are small ops: on a shared 2-core machine a second thread spins at every op boundary while
     # others hold the core (measured 8x slower with 2 threads than with 1 under a load of 8).
     torch.set_num_threads(1)
-    models = {"base (untouched)": BASE} | {name: out for name, (out, _) in runs.items()}
+    models = {"base (untouched)": BASE} | runs
     results["models"] = {}
     for name, model_dir in models.items():
         results["models"][name] = decode_model(model_dir, clips)
