@@ -25,6 +25,7 @@ from benchmarks.harness import arguments, demo_fine_tune, markdown_table, publis
 from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher  # noqa: E402
+from kspon_whisper.inference import load_model  # noqa: E402
 from kspon_whisper.metrics import score  # noqa: E402
 from kspon_whisper.timestamps import TIME_PRECISION, timestamp_labels  # noqa: E402
 from tools.sample_audio import sample_clips  # noqa: E402
@@ -146,11 +147,7 @@ def decode_long(model, processor, name: str, clips: list[dict]) -> list:
 
 
 def decode_model(model_dir: Path, clips: dict[str, list[dict]]) -> dict:
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    processor = WhisperProcessor.from_pretrained(model_dir)
-    model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
-    model.generation_config.forced_decoder_ids = None
+    model, processor = load_model(str(model_dir), "cpu")
     return {
         "clips": decode_clips(model, processor, [clip for name in HELD_OUT for clip in clips[name]]),
         "long": [
