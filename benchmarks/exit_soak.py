@@ -36,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--timeout_s", type=float, default=240.0, help="the two-process test's own timeout")
-    parser.add_argument("--mode", choices=[*DATA_ARGS, "both"], default="both", help="alternate both by default")
     args = parser.parse_args(argv)
-    modes = list(DATA_ARGS) if args.mode == "both" else [args.mode]
+    modes = list(DATA_ARGS)
     print(f"{args.runs} two-process runs ({', '.join(modes)})\n{machine_line('accelerate')}", flush=True)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="exit-soak-") as work:
