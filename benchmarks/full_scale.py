@@ -3,10 +3,9 @@
     python benchmarks/full_scale.py --write_results                        # 622,545 utterances, ~15 min on 2 cores
     python benchmarks/full_scale.py --folders 12 --per_folder 40 --eval_utterances 60 --examples_per_rank 0  # ~1 min
 
-On tools/full_corpus.py's corpus (written once into the work dir), each measurement in a fresh process: index time and
-memory (cold, then memory-mapped), the trainer's first batch, one streamed pass over validation, the training loader
-at world size 1 and 8 (audio reads per kept example, counted by wrapping `read_file`), batch diversity and split
-shares. tests/test_data_order.py guards the same properties' correctness on a scaled-down layout.
+On tools/full_corpus.py's corpus (kept in --workdir for the next run), each in a fresh process: index time and memory,
+the trainer's first batch, a streamed validation pass, the loader at world size 1 and 8 (audio reads per example),
+batch diversity and split shares. tests/test_data_order.py guards their correctness on a scaled-down layout.
 """
 
 import itertools
@@ -224,25 +223,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "kspon_full_scale")
     help = "examples each rank reads, in one process; 0: its whole part, through 2 workers per rank"
     parser.add_argument("--examples_per_rank", type=int, default=4000, help=help)
-    parser.add_argument("--clean", action="store_true", help="remove the work dir (and its corpus) at the end")
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = harness.offline_env(workdir, KSPON_INDEX_CACHE=str(workdir / "index_cache"))
     env["PYTHONWARNINGS"] = "ignore::FutureWarning,ignore::UserWarning"
-    try:
-        info = ensure_corpus(workdir, args.folders, args.per_folder, args.eval_utterances)
-        spec, after = {"corpus": str(workdir / "corpus"), "examples_per_rank": args.examples_per_rank}, {}
-        runs = [(phase, label) for phase in ("index", "first_batch") for label in ("_cold", "_warm")]
-        for phase, label in [*runs, ("validation_pass", ""), ("loaders", ""), ("splits", "")]:
-            if label == "_cold":
-                shutil.rmtree(workdir / "index_cache", ignore_errors=True)
-            print(f"[{phase}{label}]", flush=True)
-            after[phase + label] = harness.run_fresh("full_scale", phase, spec, env, timeout_s=1200)
-    finally:
-        if args.clean:
-            shutil.rmtree(workdir, ignore_errors=True)
+    info = ensure_corpus(workdir, args.folders, args.per_folder, args.eval_utterances)  # kept for the next run
+    spec, after = {"corpus": str(workdir / "corpus"), "examples_per_rank": args.examples_per_rank}, {}
+    runs = [(phase, label) for phase in ("index", "first_batch") for label in ("_cold", "_warm")]
+    for phase, label in [*runs, ("validation_pass", ""), ("loaders", ""), ("splits", "")]:
+        if label == "_cold":
+            shutil.rmtree(workdir / "index_cache", ignore_errors=True)
+        print(f"[{phase}{label}]", flush=True)
+        after[phase + label] = harness.run_fresh("full_scale", phase, spec, env, timeout_s=1200)
     harness.publish(format_section(after, info, argv), args.write_results)
     if args.json:
         args.json.write_text(json.dumps({"after": after, "corpus": info}, indent=2))
