@@ -143,10 +143,6 @@ def activation_bytes(setup: Setup, label_tokens: int) -> dict[str, float]:
     }
 
 
-def largest_batch(card_gib: int, fixed: float, per_sample: float) -> int:
-    return max(0, int((card_gib * GiB * (1 - HEADROOM) - fixed) // per_sample))
-
-
 def report(label_tokens: int) -> str:
     rows, fits = [], []
     for setup in SETUPS:
@@ -159,7 +155,7 @@ def report(label_tokens: int) -> str:
         rows.append([setup.name, trainable, *gib, *(f"{plain:.2f} / {ckpt:.2f}" for plain, ckpt in pairs)])
         fits.append([setup.name])
         fits[-1] += [
-            largest_batch(card, static + acts[f"copies{c}"], acts[f"per_sample{c}"])
+            max(0, int((card * GiB * (1 - HEADROOM) - static - acts[f"copies{c}"]) // acts[f"per_sample{c}"]))
             for card in CARDS_GIB
             for c in ("", "_checkpointed")
         ]
