@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -37,8 +36,7 @@ MIB = 2**20
 
 
 def audio_samples(audio) -> int:
-    """Samples of a decoded `audio` value (datasets 3.x: a dict with "array"; >= 4: torchcodec's AudioDecoder), or
-    of its WAV bytes where datasets does not decode (>= 4 without torchcodec: a plain {bytes, path} struct)."""
+    """Samples of an `audio` value: datasets 3's {"array"}, 4's AudioDecoder, or WAV {"bytes"} left undecoded."""
     if not isinstance(audio, dict):
         return audio.get_all_samples().data.shape[-1]
     if "array" in audio:
@@ -61,7 +59,6 @@ def timed_pass(batches: Iterable[dict]) -> dict:
         if first_s is None:
             first_s, first_n = time.perf_counter() - start, n
     seconds = time.perf_counter() - start
-    print(f"    {n:,} examples in {seconds:.2f} s = {n / seconds:,.0f} utt/s", flush=True)
     steady = {"examples": n - first_n, "seconds": seconds - first_s}
     return {"examples": n, "seconds": seconds, "first_s": first_s, "audio_s": samples / SAMPLE_RATE, "steady": steady}
 
@@ -152,11 +149,11 @@ def phase_loader(spec: dict) -> dict:
     loader = make_dataloader(train, batcher, batch_size=BATCH_SIZE, num_workers=spec["workers"], **order)
     set_epoch(loader, 0)
     start, batches = time.perf_counter(), iter(loader)
-    skipped = sum(1 for _ in itertools.islice(batches, spec["warmup_batches"]))
+    for _ in itertools.islice(batches, spec["warmup_batches"]):
+        pass
     startup_s, start = time.perf_counter() - start, time.perf_counter()
     sizes = [len(batch["id"]) for batch in itertools.islice(batches, spec["timed_batches"])]
     seconds = time.perf_counter() - start
-    print(f"    {sum(sizes):,} samples in {len(sizes)} batches, {seconds:.2f} s, after {skipped} warm-up", flush=True)
     return {"startup_s": startup_s, "batches": len(sizes), "examples": sum(sizes), "seconds": seconds}
 
 
@@ -205,9 +202,8 @@ def rss(phase: dict) -> str:
 
 
 def median_run(runs: list[dict]) -> dict:
-    """The pass with the median time (the lower median for an even count), with how many passes it came from."""
-    seconds = statistics.median_low([run["seconds"] for run in runs])
-    return next(run for run in runs if run["seconds"] == seconds) | {"of": len(runs)}
+    """The pass with the lower median time, with how many passes it came from."""
+    return sorted(runs, key=lambda run: run["seconds"])[(len(runs) - 1) // 2] | {"of": len(runs)}
 
 
 def format_section(results: dict, argv: list[str]) -> str:
