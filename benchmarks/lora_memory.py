@@ -58,13 +58,8 @@ def parameter_bytes(setup: Setup) -> dict[str, float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # fp32 master weights (autocast computes in bf16 from them), fp32 gradients, AdamW's exp_avg and exp_avg_sq
-    return {
-        "total": total,
-        "trainable": trainable,
-        "weights": 4 * total,
-        "gradients": 4 * trainable,
-        "adamw": 8 * trainable,
-    }
+    sizes = {"weights": 4 * total, "gradients": 4 * trainable, "adamw": 8 * trainable}
+    return {"total": total, "trainable": trainable, **sizes}
 
 
 def saved_bytes(setup: Setup, batch: int, label_tokens: int) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
