@@ -42,11 +42,8 @@ def training_state(scale: int) -> tuple[Accelerator, torch.nn.Module, torch.opti
     model = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(shape)) for shape in kept)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     for p in model.parameters():  # the moments a step would leave, without the step's time and memory
-        optimizer.state[p] = {
-            "step": torch.tensor(1.0),
-            "exp_avg": torch.randn_like(p),
-            "exp_avg_sq": torch.rand_like(p),
-        }
+        moments = {"exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
+        optimizer.state[p] = {"step": torch.tensor(1.0), **moments}
     accelerator = Accelerator(cpu=True)
     return accelerator, *accelerator.prepare(model, optimizer), total
 
