@@ -8,7 +8,6 @@ past --timeout_s is a hang: its tree gets SIGABRT (Python prints every thread's 
 """
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import machine_line, run_process  # noqa: E402
+from benchmarks.harness import machine_line, offline_env, run_process  # noqa: E402
 from kspon_dataset.sample_corpus import write_corpus  # noqa: E402
 from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
 from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = save_random_whisper("test", build_offline_whisper(DEFAULT_OUTPUT_DIR), work / "tiny_whisper")
         corpus = work / "tone_corpus"
         write_corpus(corpus, num_utterances=60, voice="tone", seed=0)
-        env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-        env |= {"HF_DATASETS_CACHE": str(work / "datasets"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+        env = offline_env(work, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
         for run in range(args.runs):
             mode, log_path = modes[run % len(modes)], work / f"run{run}.log"
             command = [*LAUNCH, "train_accelerate.py", *DATA_ARGS[mode], *TRAIN, "--model_name_or_path"]

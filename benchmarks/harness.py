@@ -34,8 +34,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str:
-    """The checkout's short commit, `-dirty` when it has uncommitted changes."""
+def git_commit() -> str:  # `-dirty` when the checkout has uncommitted changes
     command = ["git", "describe", "--always", "--dirty", "--abbrev=7"]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False).stdout.strip() or "unknown"
 
@@ -98,12 +97,9 @@ def write_section(section: str, path: Path = RESULTS) -> None:
 
 def offline_env(workdir: Path, **extra: str) -> dict[str, str]:
     """This environment, offline, with the datasets caches in `workdir` and the libraries quiet."""
-    return os.environ | {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_DATASETS_CACHE": str(workdir / "hf" / "datasets"),
-        "HF_MODULES_CACHE": str(workdir / "hf" / "modules"),
+    env = os.environ | dict.fromkeys(["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"], "1")
+    env |= {"HF_DATASETS_CACHE": str(workdir / "hf" / "datasets"), "HF_MODULES_CACHE": str(workdir / "hf" / "mods")}
+    return env | {
         "DATASETS_VERBOSITY": "error",  # the bad clips of a corpus would log a warning per shard and split
         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         "TOKENIZERS_PARALLELISM": "false",  # the tokenizer runs in forked DataLoader workers
@@ -133,17 +129,12 @@ def proc_mib(field: str = "VmRSS") -> float:
 
 
 def run_process(
-    command: list[str],
-    *,
-    timeout_s: float | None = None,
-    env: dict | None = None,
-    cwd: Path = REPO,
-    log: IO | None = None,
+    command: list[str], *, timeout_s: float | None = None, env: dict | None = None, log: IO | None = None
 ) -> tuple[int | None, float, float]:
     """(exit code, seconds, peak MiB of the process tree, sampled every 50 ms and summed). Past `timeout_s` the tree
     gets SIGABRT (with PYTHONFAULTHANDLER set, Python prints its stacks), then SIGKILL, and the exit code is None."""
     start, peak = time.perf_counter(), 0
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT if log else None)
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT if log else None)
     tree = [root := psutil.Process(process.pid)]
     while process.poll() is None:
         with contextlib.suppress(psutil.Error):  # a process may exit between listing and reading: skip the sample
