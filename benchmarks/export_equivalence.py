@@ -120,74 +120,51 @@ def _texts(processor: WhisperProcessor, tokens: list[list[int]]) -> list[str]:
     return [processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in tokens]
 
 
-def summary(decoded: Decoded, clips: list[Clip], hf: Decoded | None = None) -> dict:
+def summary(decoded: Decoded, clips: list[Clip]) -> list:
+    """CER against the references, loops, tokens."""
     references, texts = [clip.reference for clip in clips], decoded.texts
-    return {
-        "identical": hf and sum(a == b for a, b in zip(hf.texts, texts, strict=True)),
-        "cer_vs_hf": hf and score(hf.texts, texts)["cer"],
-        "cer_vs_references": score(references, texts)["cer"],
-        "loops": sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, texts, strict=True)),
-        "tokens": sum(map(len, decoded.tokens)),
-        "seconds": decoded.seconds,
-    }
+    loops = sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, texts, strict=True))
+    return [f"{score(references, texts)['cer']:.3f}", loops, sum(map(len, decoded.tokens))]
 
 
-def run(model_dir: Path, clips: list[Clip], quantizations: list[str], threads: int, workdir: Path) -> dict:
+def run(model_dir: Path, clips: list[Clip], quantizations: list[str], threads: int, workdir: Path) -> tuple:
+    """Transformers' decode (the reference), and a table row per export and decoder."""
     torch.set_num_threads(threads)
     processor = WhisperProcessor.from_pretrained(model_dir)
-    hf = hf_decode(model_dir, clips)
-    results = {"hf": summary(hf, clips)}
+    hf, rows = hf_decode(model_dir, clips), []
     for quantization in quantizations:
         start = time.perf_counter()
         export_dir = export_ct2(model_dir, workdir / f"ct2-{quantization}", quantization, overwrite=True)
-        export_s = time.perf_counter() - start
+        export_s, mib = time.perf_counter() - start, sum(path.stat().st_size for path in export_dir.iterdir()) / 2**20
         decoders = {
-            "ct2": ct2_decode(export_dir, processor, clips, threads),
-            "faster_whisper": faster_whisper_decode(export_dir, clips, threads),
-            "faster_whisper_raw": faster_whisper_decode(export_dir, clips, threads, pad=False),
+            "ctranslate2, HF log-mel": ct2_decode(export_dir, processor, clips, threads),
+            "faster-whisper, audio padded to 30 s": faster_whisper_decode(export_dir, clips, threads),
+            "faster-whisper, audio as is": faster_whisper_decode(export_dir, clips, threads, pad=False),
         }
         if quantization == "float32":  # int8 from the converter, or float32 weights quantized when loaded?
-            decoders["ct2_int8_at_load"] = ct2_decode(export_dir, processor, clips, threads, compute_type="int8")
-        results[quantization] = {
-            "export_s": export_s,
-            "mib": sum(path.stat().st_size for path in export_dir.iterdir()) / 2**20,
-            "compute_type": ctranslate2.models.Whisper(str(export_dir), device="cpu").compute_type,
-            "decoders": {name: summary(decoded, clips, hf) for name, decoded in decoders.items()},
-        }
-    return results
+            at_load = ct2_decode(export_dir, processor, clips, threads, compute_type="int8")
+            decoders["ctranslate2, HF log-mel, loaded with compute_type int8"] = at_load
+        compute_type = ctranslate2.models.Whisper(str(export_dir), device="cpu").compute_type
+        for name, decoded in decoders.items():
+            same = sum(a == b for a, b in zip(hf.texts, decoded.texts, strict=True))
+            rows.append([quantization, f"{mib:.0f}", f"{export_s:.1f}", compute_type, name, f"{same}/{len(clips)}"])
+            rows[-1] += [f"{score(hf.texts, decoded.texts)['cer']:.4f}", *summary(decoded, clips)]
+            rows[-1] += [f"{decoded.seconds:.1f}", f"{hf.seconds / decoded.seconds:.1f}x"]
+    return hf, rows
 
 
-DECODERS = {
-    "ct2": "ctranslate2, HF log-mel",
-    "faster_whisper": "faster-whisper, audio padded to 30 s",
-    "faster_whisper_raw": "faster-whisper, audio as is",
-    "ct2_int8_at_load": "ctranslate2, HF log-mel, loaded with compute_type int8",
-}
-HEADER = ["export", "folder MiB", "export s", "CPU compute type", "decoder", "identical to HF", "CER vs HF"]
-HEADER += ["CER vs refs", "loops", "tokens", "decode s", "speed vs HF"]
-
-
-def format_section(results: dict, clips: list[Clip], model_dir: Path, argv: list[str] | None, threads: int) -> str:
-    hf, wavs = results["hf"], sum(clip.id in WAV_CLIPS for clip in clips)
-    lines = [section_head(SECTION, __file__, argv, "ctranslate2", "faster-whisper").rstrip("\n")]
-    lines.append(
-        f"- Model: `{model_dir.name}`; {len(clips)} clips ({wavs} from tests/data, {len(clips) - wavs} from the "
-        f"corpus), {sum(len(c.audio) for c in clips) / SAMPLING_RATE:.0f} s of speech. Greedy, Korean, no timestamps, "
-        f"at most {MAX_NEW_TOKENS} new tokens, one clip at a time, {threads} threads for every decoder."
+def format_section(hf: Decoded, rows: list, clips: list[Clip], args, argv: list[str] | None) -> str:
+    header = ["export", "folder MiB", "export s", "CPU compute type", "decoder", "identical to HF", "CER vs HF"]
+    header += ["CER vs refs", "loops", "tokens", "decode s", "speed vs HF"]
+    wavs, (cer, loops, tokens) = sum(clip.id in WAV_CLIPS for clip in clips), summary(hf, clips)
+    return (
+        section_head(SECTION, __file__, argv, "ctranslate2", "faster-whisper")
+        + f"- Model: `{args.model_dir.name}`; {len(clips)} clips ({wavs} from tests/data, {len(clips) - wavs} from "
+        f"the corpus), {sum(len(c.audio) for c in clips) / SAMPLING_RATE:.0f} s of speech. Greedy, Korean, no "
+        f"timestamps, at most {MAX_NEW_TOKENS} new tokens, one clip at a time, {args.threads} threads per decoder.\n"
+        f"- Transformers float32 (the reference decoder): CER {cer} against the references, {loops} loops, {tokens} "
+        f"tokens in {hf.seconds:.1f} s.\n\n" + markdown_table(header, rows) + "\n"
     )
-    lines.append(
-        f"- Transformers float32 (the reference decoder): CER {hf['cer_vs_references']:.3f} against the "
-        f"references, {hf['loops']} loops, {hf['tokens']} tokens in {hf['seconds']:.1f} s."
-    )
-    rows = [
-        [quantization, f"{r['mib']:.0f}", f"{r['export_s']:.1f}", r["compute_type"], DECODERS[decoder]]
-        + [f"{d['identical']}/{len(clips)}", f"{d['cer_vs_hf']:.4f}", f"{d['cer_vs_references']:.3f}", d["loops"]]
-        + [d["tokens"], f"{d['seconds']:.1f}", f"{hf['seconds'] / d['seconds']:.1f}x"]
-        for quantization in QUANTIZATIONS
-        if (r := results.get(quantization))
-        for decoder, d in r["decoders"].items()
-    ]
-    return "\n".join([*lines, "", markdown_table(HEADER, rows)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     clips = read_clips(args.data_dir, args.splits)
     with tempfile.TemporaryDirectory(prefix="export_equivalence-") as workdir:
-        results = run(args.model_dir, clips, args.quantizations, args.threads, Path(workdir))
-    publish(format_section(results, clips, args.model_dir, argv, args.threads), args.write_results)
+        hf, rows = run(args.model_dir, clips, args.quantizations, args.threads, Path(workdir))
+    publish(format_section(hf, rows, clips, args, argv), args.write_results)
 
 
 if __name__ == "__main__":
