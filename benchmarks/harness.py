@@ -28,12 +28,6 @@ MIB = 2**20
 BY_HAND = "<!-- Written by hand; a new measurement keeps what follows. -->"
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError, TypeError):
-        return re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)[1]
-    return platform.processor() or platform.machine()
-
-
 def git_commit() -> str:  # `-dirty` when the checkout has uncommitted changes
     command = ["git", "describe", "--always", "--dirty", "--abbrev=7"]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False).stdout.strip() or "unknown"
@@ -45,8 +39,10 @@ def machine_line(*packages: str, device: str | None = None) -> str:
         f"{name} {importlib.metadata.version(name)}" for name in ("torch", "transformers", "datasets", *packages)
     )
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    cpu = cpu[1] if cpu else platform.machine()
     return (
-        f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {ram:.1f} GiB RAM{f', {device}' if device else ''}, "
+        f"- Machine: {os.cpu_count()} cores ({cpu}), {ram:.1f} GiB RAM{f', {device}' if device else ''}, "
         f"{platform.platform()}; 1-minute load average {os.getloadavg()[0]:.1f} at the end (a shared machine); "
         f"Python {platform.python_version()}, {versions}; commit {git_commit()}."
     )
@@ -66,11 +62,11 @@ def arguments(doc: str, section: str) -> argparse.ArgumentParser:
     return parser
 
 
-def publish(section: str, write: bool) -> None:
-    """Print the section, and write it into RESULTS.md when asked (`--write_results`)."""
+def publish(section: str, write: bool, path: Path = RESULTS) -> None:
+    """Print the section, and write it into RESULTS.md (or `path`) when asked (`--write_results`)."""
     print("\n" + section)
     if write:
-        write_section(section)
+        write_section(section, path)
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

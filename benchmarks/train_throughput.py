@@ -34,7 +34,7 @@ from transformers import (
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/train_throughput.py`: benchmarks/, tools/ are not installed
 
-from benchmarks.harness import RESULTS, arguments, markdown_table, section_head, write_section  # noqa: E402
+from benchmarks.harness import RESULTS, arguments, markdown_table, publish, section_head  # noqa: E402
 from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.collator import WhisperCollator  # noqa: E402
@@ -191,9 +191,7 @@ def main(argv: list[str] | None = None) -> list[list]:
     parser.add_argument("--model", default="large-v3", help="large-v3, large-v3-turbo, small, tiny or test")
     sizes = lambda text: sorted(map(int, text.split(",")), reverse=True)  # noqa: E731
     parser.add_argument("--batch_size", type=sizes, default=[16], help="A's batch; of a list, the largest that fits")
-    parser.add_argument(
-        "--checkpointed_batch_size", type=sizes, help="the same with checkpointing (default: the same)"
-    )
+    parser.add_argument("--checkpointed_batch_size", type=sizes, help="the same, checkpointed (default: the same)")
     parser.add_argument("--gradient_checkpointing", choices=("on", "off", "both"), default="both", help="for A")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps (after warm-up)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, kernels, workers)")
@@ -228,10 +226,7 @@ def main(argv: list[str] | None = None) -> list[list]:
         if blog and row[0].startswith("A") and row[-1] != "OOM"
     ]
     lines.append(f"- The blog reported {BLOG_SAMPLES_PER_S} samples/s for configuration B on one H100 80GB.")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write_results:
-        write_section(text, args.results)
+    publish("\n".join(lines) + "\n", args.write_results, args.results)
     return rows
 
 
