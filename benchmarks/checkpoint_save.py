@@ -48,13 +48,6 @@ def training_state(scale: int) -> tuple[Accelerator, torch.nn.Module, torch.opti
     return accelerator, *accelerator.prepare(model, optimizer), total
 
 
-def timed(work) -> float:
-    os.sync()  # the previous repeat's dirty pages are written out first, not throttling this one
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
-
-
 def read_back(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
@@ -62,23 +55,33 @@ def read_back(folder: Path) -> None:
                 hashlib.file_digest(f, "sha256")
 
 
+WHAT = (
+    "`save_checkpoint` (sha256 read behind the writers)",
+    "`save_state` alone (torch.save: the write, no digest)",
+    "`save_state` alone, the model as safetensors (the format before)",
+    "reading the checkpoint back to hash it (verification at resume)",
+)
+
+
 def measure(scale: int, repeats: int, workdir: Path) -> dict:
     accelerator, model, _, total = training_state(scale)
     root, plain = workdir / "checkpoints", workdir / "plain"
-    runs = {
-        "save_checkpoint": lambda: save_checkpoint(accelerator, root, LoopState(step=1), total_limit=1),
-        "save_state": lambda: accelerator.save_state(str(plain), safe_serialization=False),
-        "save_state, model as safetensors": lambda: accelerator.save_state(str(plain), safe_serialization=True),
-        "read back": lambda: read_back(root),
-    }
+    runs = dict(zip(WHAT, [
+        lambda: save_checkpoint(accelerator, root, LoopState(step=1), total_limit=1),
+        lambda: accelerator.save_state(str(plain), safe_serialization=False),
+        lambda: accelerator.save_state(str(plain), safe_serialization=True),
+        lambda: read_back(root),
+    ], strict=True))  # fmt: skip
     times = {name: [] for name in runs}
     for repeat in range(repeats + 1):  # the first, untimed, pays for lazy imports and first allocations
-        writes = list(runs)[:3]
+        writes = list(WHAT[:3])
         random.Random(repeat).shuffle(writes)  # no write always follows another: the page cache's state varies
-        for name in [*writes, "read back"]:
-            seconds = timed(runs[name])
+        for name in [*writes, WHAT[3]]:
+            os.sync()  # the previous repeat's dirty pages are written out first, not throttling this one
+            start = time.perf_counter()
+            runs[name]()
             if repeat:
-                times[name].append(seconds)
+                times[name].append(time.perf_counter() - start)
             shutil.rmtree(plain, ignore_errors=True)
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         shutil.rmtree(root)
@@ -87,20 +90,13 @@ def measure(scale: int, repeats: int, workdir: Path) -> dict:
 
 
 def format_section(results: dict, argv: list[str] | None) -> str:
-    median = {name: statistics.median(values) for name, values in results["times"].items()}
+    times = results["times"]
+    median = {name: statistics.median(values) for name, values in times.items()}
     gb, factor = results["bytes"] / 1e9, results["total"] / results["params"]
-    before, after = median["save_state, model as safetensors"] + median["read back"], median["save_checkpoint"]
-    rows = [
-        ("`save_checkpoint` (sha256 read behind the writers)", "save_checkpoint"),
-        ("`save_state` alone (torch.save: the write, no digest)", "save_state"),
-        ("`save_state` alone, the model as safetensors (the format before)", "save_state, model as safetensors"),
-        ("reading the checkpoint back to hash it (verification at resume)", "read back"),
-    ]
+    before, after = median[WHAT[2]] + median[WHAT[3]], median[WHAT[0]]
     table = [
-        [label, f"{median[key]:.2f}", f"{min(results['times'][key]):.2f}-{max(results['times'][key]):.2f}",
-         f"{gb / median[key]:.2f}"]
-        for label, key in rows
-    ]  # fmt: skip
+        [n, f"{median[n]:.2f}", f"{min(times[n]):.2f}-{max(times[n]):.2f}", f"{gb / median[n]:.2f}"] for n in WHAT
+    ]
     return (
         section_head(SECTION, __file__, argv, "safetensors")
         + f"- State: {results['params']:,} of large-v3's {results['total']:,} parameters (1/{factor:.1f}), fp32, "
@@ -109,7 +105,7 @@ def format_section(results: dict, argv: list[str] | None) -> str:
         + markdown_table(["what", "s (median)", "range", "GB/s"], table)
         + f"\n\nBefore (the write as safetensors, then the read-back): {before:.2f} s; now {after:.2f} s "
         f"({after / before:.0%}). At full size (x{factor:.1f}, ~{gb * factor:.0f} GB) the read-back would add "
-        f"~{median['read back'] * factor:.0f} s to every save.\n"
+        f"~{median[WHAT[3]] * factor:.0f} s to every save.\n"
     )
 
 
