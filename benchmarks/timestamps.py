@@ -25,7 +25,7 @@ from benchmarks.harness import arguments, demo_fine_tune, markdown_table, publis
 from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
 from kspon_whisper.audio import to_dtype  # noqa: E402
 from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher  # noqa: E402
-from kspon_whisper.inference import load_model  # noqa: E402
+from kspon_whisper.inference import MAX_NEW_TOKENS, load_model  # noqa: E402
 from kspon_whisper.metrics import score  # noqa: E402
 from kspon_whisper.timestamps import TIME_PRECISION, timestamp_labels  # noqa: E402
 from tools.sample_audio import sample_clips  # noqa: E402
@@ -42,7 +42,6 @@ SHARE_EPOCHS = 20
 CORPUS_UTTERANCES = 622_545
 PAUSE_S = 1.0
 BATCH = 8
-MAX_NEW_TOKENS = 225  # kspon_whisper.evaluation.MAX_NEW_TOKENS
 
 
 def fine_tune(output_dir: Path, *options: str) -> dict:
@@ -58,9 +57,8 @@ def realised_share(processor, generation_config) -> dict:
     splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
     start = generation_config.decoder_start_token_id
     batcher = dataclasses.replace(speech_batcher(processor, start, log_mel_on_device=True), timestamps=timestamps)
-    loader = make_dataloader(
-        splits["train"], batcher, batch_size=8, num_workers=1, rank=0, world_size=1, seed=SEED, shuffle=True
-    )
+    order = {"rank": 0, "world_size": 1, "seed": SEED, "shuffle": True}
+    loader = make_dataloader(splits["train"], batcher, batch_size=8, num_workers=1, **order)
     per_epoch = []
     for epoch in range(SHARE_EPOCHS):
         set_epoch(loader, epoch)
@@ -70,9 +68,8 @@ def realised_share(processor, generation_config) -> dict:
             marked += int((labels == timestamps.timestamp_ids[0]).any(dim=1).sum())
             total += labels.shape[0]
         per_epoch.append(marked / total)
-    ids = [f"KsponSpeech_{i:06d}" for i in range(1, CORPUS_UTTERANCES + 1)]
-    corpus = sum(timestamps.chosen(uid, 0) for uid in ids) / len(ids)
-    return {"train_clips": total, "per_epoch": per_epoch, "corpus": corpus}
+    corpus = sum(timestamps.chosen(f"KsponSpeech_{i:06d}", 0) for i in range(1, CORPUS_UTTERANCES + 1))
+    return {"train_clips": total, "per_epoch": per_epoch, "corpus": corpus / CORPUS_UTTERANCES}
 
 
 def held_out_clips() -> dict[str, list[dict]]:
@@ -191,7 +188,6 @@ def main(argv: list[str] | None = None) -> dict:
     processor = WhisperProcessor.from_pretrained(BASE)
     processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
     results = {"share": realised_share(processor, GenerationConfig.from_pretrained(BASE))}
-    print(json.dumps(results["share"]), flush=True)
     runs = {"p = 0": args.runs_dir / "p0", f"p = {DEFAULT_PROBABILITY} (default)": args.runs_dir / "p-default"}
     options = {"p = 0": ["--timestamp_probability", "0"]}
     results["runs"] = {name: fine_tune(out, *options.get(name, [])) for name, out in runs.items()}
@@ -200,10 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     # others hold the core (measured 8x slower with 2 threads than with 1 under a load of 8).
     torch.set_num_threads(1)
     models = {"base (untouched)": BASE} | runs
-    results["models"] = {}
-    for name, model_dir in models.items():
-        results["models"][name] = decode_model(model_dir, clips)
-        print(name, json.dumps(results["models"][name]), flush=True)
+    results["models"] = {name: decode_model(model_dir, clips) for name, model_dir in models.items()}
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     publish(report(results, argv), args.write_results)
