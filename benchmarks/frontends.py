@@ -37,18 +37,11 @@ SPLITS = ("test", "eval_clean")
 DECODERS = (("float16", "float32"), ("int8", "int8"))
 
 
-def held_out_clips() -> list[tuple[str, np.ndarray]]:
-    return [(uid, to_dtype(pcm, "float32")) for uid, (_, pcm) in sample_clips(SPLITS).items()]
-
-
-def transformers_texts(output_dir: Path) -> dict[str, tuple[str, str]]:
-    """id -> (reference, hypothesis) from the trainer's predictions."""
-    records = {}
-    for name in SPLITS:
-        for line in (output_dir / f"predictions_{name}.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            records[record["id"]] = (record["reference"], record["hypothesis"])
-    return records
+def transformers_texts(output_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """References and the trainer's hypotheses by id, from its predictions_<split>.jsonl."""
+    lines = [line for name in SPLITS for line in (output_dir / f"predictions_{name}.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in lines]
+    return {r["id"]: r["reference"] for r in records}, {r["id"]: r["hypothesis"] for r in records}
 
 
 def faster_whisper_texts(model_dir: Path, compute_type: str, clips, timestamps: bool) -> dict[str, str]:
@@ -79,9 +72,7 @@ def measure(output_dir: Path, clips) -> list[dict]:
     cached = output_dir / "frontends.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    records = transformers_texts(output_dir)
-    references = {uid: ref for uid, (ref, _) in records.items()}
-    transformers = {uid: hyp for uid, (_, hyp) in records.items()}
+    references, transformers = transformers_texts(output_dir)
     rows = [row("Transformers (the trainer's predictions)", references, transformers, transformers)]
     for quantization, compute_type in DECODERS:
         model_dir = export_ct2(output_dir, None, quantization, overwrite=True)
@@ -139,7 +130,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "frontends", help="fine-tunes (reused)")
     parser.add_argument("--measured_only", action="store_true", help="leave out the fine-tunes not already done")
     args = parser.parse_args(argv)
-    clips, results = held_out_clips(), []
+    clips = [(uid, to_dtype(pcm, "float32")) for uid, (_, pcm) in sample_clips(SPLITS).items()]
+    results = []
     for probability in args.probabilities:
         for seed in args.seeds:
             output_dir = args.runs / f"p{probability:g}-s{seed}"  # the demo's fine-tune, reused when done
