@@ -9,7 +9,6 @@ utterance, JSON manifests), inflating every member (the floor), and the trainer'
 workers (80, 128 mels) or on the GPU.
 """
 
-import argparse
 import itertools
 import json
 import os
@@ -23,16 +22,15 @@ from pathlib import Path
 
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/data_pipeline.py`, the repo packages are not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/data_pipeline.py`
 
-from benchmarks.harness import arguments, markdown_table, offline_env, publish, run_fresh, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE, eval_split_of, pcm_samples, utterance_split  # noqa: E402
+from benchmarks.harness import MIB, arguments, markdown_table, offline_env, publish, run_fresh, section_head
+from kspon_dataset.corpus import SAMPLE_RATE, eval_split_of, pcm_samples, utterance_split
 
 SECTION = "## Data pipeline"
 BATCH_SIZE = 16  # the trainer's per_device_batch_size default
 SEED = 42  # the trainer's default seed: the same order as a real first epoch
-MIB = 2**20
+MODES = (("features", 80), ("features", 128), ("waveform", 80))  # the trainer's audio_mode, and log-mel bins
 
 
 def audio_samples(audio) -> int:
@@ -161,38 +159,6 @@ def tree_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def run_all(args: argparse.Namespace, workdir: Path) -> dict:
-    from kspon_dataset.sample_corpus import write_corpus
-    from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # tools/ is not installed
-
-    corpus, env = workdir / "corpus", offline_env(workdir)
-    print(f"writing a {args.num_utterances:,}-utterance corpus (tone voice) to {corpus} ...", flush=True)
-    start = time.perf_counter()
-    summary = write_corpus(corpus, num_utterances=args.num_utterances, voice="tone", seed=0)
-    info = {"num_utterances": args.num_utterances, "seconds": time.perf_counter() - start}
-    results = {"corpus": info | {"audio_s": summary.audio_seconds, "zip_bytes": summary.total_bytes}, "loader": []}
-    phases = {  # key: (phase, spec)
-        "stream": ("stream", {"passes": args.passes, "workers": 0}),
-        "stream_dataloader": ("stream", {"passes": args.passes, "workers": 2}),
-        **{f"prepare_np{n}": ("prepare", {"num_proc": n, "cache_dir": str(workdir / f"np{n}")}) for n in (1, 2)},
-        "unzip": ("unzip", {"out_dir": str(workdir / "unzipped")}),
-        "inflate": ("inflate", {}),
-    }
-    results["dataset"] = {}
-    for key, (phase, spec) in phases.items():
-        print(f"[{key}] {spec}", flush=True)
-        results["dataset"][key] = run_fresh("data_pipeline", phase, {"corpus": str(corpus), **spec}, env)
-        shutil.rmtree(spec.get("cache_dir") or spec.get("out_dir") or workdir / "none", ignore_errors=True)
-    model_dir = str(build_offline_whisper(DEFAULT_OUTPUT_DIR))
-    modes = (("features", 80), ("features", 128), ("waveform", 80))
-    for (audio_mode, n_mels), workers in itertools.product(modes, args.loader_workers):
-        spec = {"model_dir": model_dir, "audio_mode": audio_mode, "n_mels": n_mels, "workers": workers}
-        spec |= {"warmup_batches": max(2, workers), "timed_batches": args.loader_batches}
-        print(f"[loader] {audio_mode}, {n_mels} mels, {workers} workers", flush=True)
-        results["loader"].append(spec | run_fresh("data_pipeline", "loader", {"corpus": str(corpus), **spec}, env))
-    return results
-
-
 def rate(run: dict) -> float:
     return run["examples"] / run["seconds"]
 
@@ -210,7 +176,6 @@ def format_section(results: dict, argv: list[str]) -> str:
     corpus, loader, phases = results["corpus"], results["loader"], results["dataset"]
     stream, dataloader, unzip, inflate = (phases[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
     warm, loaded, cores = median_run(stream["warm"]), median_run(dataloader["warm"]), min(2, os.cpu_count() or 1)
-    prepared = [phases[f"prepare_np{n}"] for n in (1, 2)]
     blog = f"blog route: extract {unzip['extract_s']:.1f} s + WAVs {unzip['wav_s']:.1f} s + manifests "
     blog += f"{unzip['manifest_s']:.1f} s, {unzip['bytes'] / MIB:,.0f} MiB on disk"
     floor = f"floor: inflate all {inflate['examples']:,} ZIP members ({inflate['bytes'] / MIB:,.0f} MiB), no output"
@@ -221,7 +186,7 @@ def format_section(results: dict, argv: list[str]) -> str:
         (epoch, loaded, cores, dataloader),
         ("the same epoch from its first batch on (workers running)", loaded["steady"], cores, dataloader),
     ]
-    for n, run in enumerate(prepared, 1):
+    for n, run in ((n, phases[f"prepare_np{n}"]) for n in (1, 2)):
         label = f"download_and_prepare(num_proc={n}), all splits, {run['bytes'] / MIB:,.0f} MiB Arrow"
         rows.append((label, run, min(n, cores), run))
     rows += [(blog, unzip, 1, unzip), (floor, inflate | {"examples": unzip["examples"]}, 1, inflate)]
@@ -230,29 +195,27 @@ def format_section(results: dict, argv: list[str]) -> str:
         + [f"{run['audio_s'] / run['seconds']:,.0f}" if "audio_s" in run else "-", rss(phase)]
         for label, run, n, phase in rows
     ]
-    ratios = "; ".join(f"num_proc={n}: {unzip['seconds'] / r['seconds']:.2f}x" for n, r in enumerate(prepared, 1))
     loader_table = [
         [run["audio_mode"], run["n_mels"] if run["audio_mode"] == "features" else "- (on GPU)", run["workers"]]
         + [f"{run['examples']:,} ({run['batches']} batches)", f"{rate(run):,.1f}"]
         + [f"{rate(run) / max(run['workers'], 1):,.1f}", f"{run['startup_s']:.1f}", rss(run)]
         for run in loader
     ]
-    loads = [load for phase in [*phases.values(), *loader] for load in phase["load_avg"]]
     header = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", "peak RSS MiB main / all"]
     loader_header = ["audio_mode", "mels", "workers", "samples timed", "samples/s", "per worker", "startup s"]
     return (
         section_head(SECTION, __file__, argv, "torchdata", "numpy", "pyarrow", "soundfile")
-        + f"- Load: the 1-minute load average read {min(loads):.1f} to {max(loads):.1f} at the starts and ends of the "
-        f"phases. Corpus: {corpus['num_utterances']:,} utterances, {corpus['audio_s'] / 3600:.1f} h of tone audio "
+        + f"- Corpus: {corpus['num_utterances']:,} utterances, {corpus['audio_s'] / 3600:.1f} h of tone audio "
         f"({corpus['audio_s'] / corpus['num_utterances']:.2f} s per clip), {corpus['zip_bytes'] / MIB:,.0f} MiB of "
         f"ZIPs, generated in {corpus['seconds']:.0f} s.\n\n### Loading script\n\n{markdown_table(header, table)}\n\n"
-        f"- Streaming, 1 process: **{rate(warm):,.0f} utt/s per core**. Blog route / prepared route: **{ratios}**. "
-        f"First streamed example: {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call.\n\n"
         f"### Training DataLoader\n\n{markdown_table([*loader_header, 'peak RSS MiB main / all'], loader_table)}\n"
     )
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from kspon_dataset.sample_corpus import write_corpus
+    from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # tools/ is not installed
+
     parser = arguments(__doc__, SECTION)
     parser.add_argument("--num_utterances", type=int, default=20_000, help="corpus size")
     parser.add_argument("--workdir", type=Path, help="where the scratch folder goes (default: the system's temp)")
@@ -262,7 +225,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loader_workers", type=lambda s: sorted({int(n) for n in s.split(",")}), default=workers)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kspon-bench-", dir=args.workdir) as workdir:
-        results = run_all(args, Path(workdir).resolve())
+        workdir = Path(workdir).resolve()
+        corpus, env, start = workdir / "corpus", offline_env(workdir), time.perf_counter()
+        summary = write_corpus(corpus, num_utterances=args.num_utterances, voice="tone", seed=0)
+        info = {"num_utterances": args.num_utterances, "seconds": time.perf_counter() - start}
+        info |= {"audio_s": summary.audio_seconds, "zip_bytes": summary.total_bytes}
+        phases = {  # key: (phase, spec)
+            "stream": ("stream", {"passes": args.passes, "workers": 0}),
+            "stream_dataloader": ("stream", {"passes": args.passes, "workers": 2}),
+            **{f"prepare_np{n}": ("prepare", {"num_proc": n, "cache_dir": str(workdir / f"np{n}")}) for n in (1, 2)},
+            "unzip": ("unzip", {"out_dir": str(workdir / "unzipped")}),
+            "inflate": ("inflate", {}),
+        }
+        results = {"corpus": info, "dataset": {}, "loader": []}
+        for key, (phase, spec) in phases.items():
+            print(f"[{key}] {spec}", flush=True)
+            results["dataset"][key] = run_fresh("data_pipeline", phase, {"corpus": str(corpus), **spec}, env)
+            shutil.rmtree(spec.get("cache_dir") or spec.get("out_dir") or workdir / "none", ignore_errors=True)
+        model_dir = str(build_offline_whisper(DEFAULT_OUTPUT_DIR))
+        for (audio_mode, n_mels), workers in itertools.product(MODES, args.loader_workers):
+            spec = {"corpus": str(corpus), "model_dir": model_dir, "audio_mode": audio_mode, "n_mels": n_mels}
+            spec |= {"workers": workers, "warmup_batches": max(2, workers), "timed_batches": args.loader_batches}
+            print(f"[loader] {audio_mode}, {n_mels} mels, {workers} workers", flush=True)
+            results["loader"].append(spec | run_fresh("data_pipeline", "loader", spec, env))
     publish(format_section(results, argv), args.write_results)
     return results
 
