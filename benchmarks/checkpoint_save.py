@@ -19,15 +19,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/checkpoint_save.py`, the repo packages are not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/checkpoint_save.py`
 
-from accelerate import Accelerator  # noqa: E402
-from transformers import WhisperForConditionalGeneration  # noqa: E402
+from accelerate import Accelerator
+from transformers import WhisperForConditionalGeneration
 
-from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
-from kspon_whisper.checkpoints import LoopState, save_checkpoint  # noqa: E402
-from kspon_whisper.random_whisper import whisper_config  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, publish, section_head
+from kspon_whisper.checkpoints import LoopState, save_checkpoint
+from kspon_whisper.random_whisper import whisper_config
 
 SECTION = "## Checkpoint save: sha256 read behind the writers"
 

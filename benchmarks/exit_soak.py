@@ -12,13 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/exit_soak.py`
 
-from benchmarks.harness import machine_line, offline_env, run_process  # noqa: E402
-from kspon_dataset.sample_corpus import write_corpus  # noqa: E402
-from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
-from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
+from benchmarks.harness import machine_line, offline_env, run_process
+from kspon_dataset.sample_corpus import write_corpus
+from kspon_whisper.random_whisper import save_random_whisper
+from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
 LAUNCH += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]

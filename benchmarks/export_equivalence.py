@@ -20,17 +20,16 @@ import torch
 from faster_whisper import WhisperModel
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/export_equivalence.py`, the repo need not be installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/export_equivalence.py`
 
-from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE as SAMPLING_RATE  # noqa: E402
-from kspon_whisper.audio import read_audio, to_dtype  # noqa: E402
-from kspon_whisper.export import QUANTIZATIONS, export_ct2  # noqa: E402
-from kspon_whisper.inference import LANGUAGE, MAX_NEW_TOKENS, TASK  # noqa: E402
-from kspon_whisper.metrics import loop_reason, score  # noqa: E402
-from tools.offline_whisper import DEFAULT_OUTPUT_DIR  # noqa: E402
-from tools.sample_audio import SAMPLE, sample_clips  # noqa: E402
+from benchmarks.harness import REPO, arguments, markdown_table, publish, section_head
+from kspon_dataset.corpus import SAMPLE_RATE as SAMPLING_RATE
+from kspon_whisper.audio import read_audio, to_dtype
+from kspon_whisper.export import QUANTIZATIONS, export_ct2
+from kspon_whisper.inference import LANGUAGE, MAX_NEW_TOKENS, TASK
+from kspon_whisper.metrics import loop_reason, score
+from tools.offline_whisper import DEFAULT_OUTPUT_DIR
+from tools.sample_audio import SAMPLE, sample_clips
 
 SECTION = "## faster-whisper export: equivalence and speed"
 WHISPER_WINDOW_S = 30

@@ -19,17 +19,16 @@ import torch
 from faster_whisper import WhisperModel
 from transformers import WhisperFeatureExtractor
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the repo need not be installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/frontends.py`
 
-from benchmarks.harness import arguments, demo_fine_tune, markdown_table, publish, section_head  # noqa: E402
-from kspon_whisper.audio import to_dtype  # noqa: E402
-from kspon_whisper.collator import WhisperCollator  # noqa: E402
-from kspon_whisper.data import DeviceInputs  # noqa: E402
-from kspon_whisper.export import export_ct2  # noqa: E402
-from kspon_whisper.inference import LANGUAGE  # noqa: E402
-from kspon_whisper.metrics import normalize_for_scoring, score  # noqa: E402
-from tools.sample_audio import sample_clips  # noqa: E402
+from benchmarks.harness import REPO, arguments, demo_fine_tune, markdown_table, publish, section_head
+from kspon_whisper.audio import to_dtype
+from kspon_whisper.collator import WhisperCollator
+from kspon_whisper.data import DeviceInputs
+from kspon_whisper.export import export_ct2
+from kspon_whisper.inference import LANGUAGE
+from kspon_whisper.metrics import normalize_for_scoring, score
+from tools.sample_audio import sample_clips
 
 SECTION = "## faster-whisper on audio as given: the two front-ends"
 SPLITS = ("test", "eval_clean")

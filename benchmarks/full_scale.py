@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/full_scale.py`, the repo packages need not be installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/full_scale.py`
 
-from benchmarks import harness  # noqa: E402
-from tools.full_corpus import ensure_corpus  # noqa: E402
+from benchmarks import harness
+from tools.full_corpus import ensure_corpus
 
 SECTION = "## Full scale"
-MIB = 2**20
 BATCH_SIZE, SEED, TRAINER_WORKERS = 16, 42, 4  # the trainer's per_device_batch_size, seed and num_workers defaults
 SCHEMES = ("random", "random_utterance")
 
@@ -59,7 +57,7 @@ def phase_index(spec: dict) -> dict:
     before, start = harness.proc_mib(), time.perf_counter()
     indexes = [index_source(source) for source in find_sources(spec["corpus"]).train]
     seconds, after = time.perf_counter() - start, harness.proc_mib()
-    arrays = sum(index.records.nbytes for index in indexes) / MIB
+    arrays = sum(index.records.nbytes for index in indexes) / harness.MIB
     return {"seconds": seconds, "grown": after - before, "peak": harness.proc_mib("VmHWM"), "index_mib": arrays}
 
 
@@ -76,7 +74,7 @@ def phase_first_batch(spec: dict) -> dict:
     batches = iter(train_loader(splits["train"], 0, 1, TRAINER_WORKERS))  # held: dropping it stops the workers
     next(batches)
     end = time.perf_counter()
-    workers = [child.memory_full_info().uss / MIB for child in psutil.Process().children(recursive=True)]
+    workers = [child.memory_full_info().uss / harness.MIB for child in psutil.Process().children(recursive=True)]
     times = {"import_s": imported - start, "load_splits_s": loaded - imported, "first_batch_s": end - loaded}
     return {**times, "seconds": end - start, "workers_uss": workers}
 
@@ -151,14 +149,6 @@ def phase_splits(spec: dict) -> dict:
     return result
 
 
-def diversity(batches: list[list[str]]) -> tuple[float, float]:
-    """Mean distinct folders per full batch, and the share of within-batch pairs whose ids are adjacent."""
-    full = [[int(uid[-6:]) for uid in batch] for batch in batches if len(batch) == BATCH_SIZE]
-    pairs = [(a, b) for batch in full for a, b in itertools.combinations(batch, 2)]
-    folders = [len({(n - 1) // 1000 for n in batch}) for batch in full]
-    return float(np.mean(folders)) if folders else 0.0, sum(abs(a - b) == 1 for a, b in pairs) / max(1, len(pairs))
-
-
 def rows(after: dict) -> list[list[str]]:
     """measure | after | target, one row per number the issue asks for."""
     cold, warm, loaders, splits = after["index_cold"], after["index_warm"], after["loaders"], after["splits"]
@@ -166,7 +156,11 @@ def rows(after: dict) -> list[list[str]]:
     ranks = {ws: loaders[f"world_{ws}"] for ws in (1, 8)}
     rate = {ws: sum(r["kept"] for r in ranks[ws]) / max(1e-9, sum(r["seconds"] for r in ranks[ws])) for ws in (1, 8)}
     reads = sum(r["reads"] for r in ranks[8]) / max(1, sum(r["kept"] for r in ranks[8]))
-    folders, adjacent = diversity(loaders["batches"])
+    # batch diversity: distinct folders per full batch, and the share of within-batch pairs with adjacent ids
+    full = [[int(uid[-6:]) for uid in batch] for batch in loaders["batches"] if len(batch) == BATCH_SIZE]
+    pairs = [(a, b) for batch in full for a, b in itertools.combinations(batch, 2)]
+    folders = np.mean([len({(n - 1) // 1000 for n in batch}) for batch in full]) if full else 0.0
+    adjacent = sum(abs(a - b) == 1 for a, b in pairs) / max(1, len(pairs))
     uss = first["warm"]["workers_uss"]
 
     def shares(scheme: str) -> str:
@@ -207,7 +201,7 @@ def format_section(after: dict, info: dict, argv: list[str] | None) -> str:
         + f"- Corpus: {sum(manifest['folders'].values()):,} training utterances in {len(manifest['folders'])} folders "
         f"across the five ZIPs ({', '.join(f'{n:,}' for n in manifest['zip_members'].values())} entries per ZIP, eval "
         f"last), {sum(manifest['eval'].values()):,} eval, {manifest['audio_hours']:,.0f} h of zero-valued audio, "
-        f"{info['zip_bytes'] / MIB:,.0f} MiB of ZIPs, written in {info['seconds']:.0f} s; "
+        f"{info['zip_bytes'] / harness.MIB:,.0f} MiB of ZIPs, written in {info['seconds']:.0f} s; "
         f"{len(manifest['too_short']):,} clips under 0.5 s, {len(manifest['too_long']):,} over 30 s, "
         f"{len(manifest['duplicated'])} names stored twice.\n\n{table}\n\n"
         f"- Streamed validation pass (one process, no workers): {validation['examples']:,} examples in "

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/long_file_memory.py`
 
-from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
-from kspon_whisper.audio import read_audio  # noqa: E402
-from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
+from benchmarks.harness import REPO, arguments, markdown_table, publish, section_head
+from kspon_dataset.corpus import SAMPLE_RATE
+from kspon_whisper.audio import read_audio
+from kspon_whisper.random_whisper import save_random_whisper
 
 SECTION = "## Memory of a long file in transcribe.py"
 SOURCE_RATE = 44_100

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/long_form.py`
 
-from benchmarks.harness import arguments, markdown_table, publish, section_head  # noqa: E402
-from kspon_whisper.inference import GenerationSettings, Transcriber, load_model  # noqa: E402
-from kspon_whisper.metrics import score  # noqa: E402
-from tools.sample_audio import LONG_CLIPS, PAUSE_S, STRADDLER, build_long_audio, sample_clips, substring_cer  # noqa: E402
+from benchmarks.harness import REPO, arguments, markdown_table, publish, section_head
+from kspon_whisper.inference import GenerationSettings, Transcriber, load_model
+from kspon_whisper.metrics import score
+from tools.sample_audio import LONG_CLIPS, PAUSE_S, STRADDLER, build_long_audio, sample_clips, substring_cer
 
 SECTION = "## Long-form transcription"
 # The untouched base is unsure of this voice (mean log-probability below -1), so the log-probability rule resamples

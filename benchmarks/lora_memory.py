@@ -143,7 +143,6 @@ def report(label_tokens: int) -> str:
     for setup in SETUPS:
         params, acts = parameter_bytes(setup), activation_bytes(setup, label_tokens)
         static = params["weights"] + params["gradients"] + params["adamw"]
-        print(f"{setup.name}: {params['trainable'] / 1e6:.1f}M trainable, {static / GiB:.2f} GiB static", flush=True)
         gib = [f"{params[key] / GiB:.2f}" for key in ("weights", "gradients", "adamw")] + [f"**{static / GiB:.2f}**"]
         trainable = f"{params['trainable'] / 1e6:,.1f}M ({100 * params['trainable'] / params['total']:.2f} %)"
         pairs = [(acts[a] / GiB, acts[f"{a}_checkpointed"] / GiB) for a in ("copies", "per_sample")]

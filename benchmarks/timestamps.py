@@ -18,20 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/timestamps.py`
 
-from benchmarks.harness import arguments, demo_fine_tune, markdown_table, publish, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
-from kspon_whisper.audio import to_dtype  # noqa: E402
-from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher  # noqa: E402
-from kspon_whisper.inference import MAX_NEW_TOKENS, load_model  # noqa: E402
-from kspon_whisper.metrics import score  # noqa: E402
-from kspon_whisper.timestamps import TIME_PRECISION, timestamp_labels  # noqa: E402
-from tools.sample_audio import sample_clips  # noqa: E402
+from benchmarks.harness import REPO, arguments, demo_fine_tune, markdown_table, publish, section_head
+from kspon_dataset.corpus import SAMPLE_RATE
+from kspon_whisper.audio import to_dtype
+from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher
+from kspon_whisper.inference import MAX_NEW_TOKENS, load_model
+from kspon_whisper.metrics import score
+from kspon_whisper.timestamps import TIME_PRECISION, timestamp_labels
+from tools.sample_audio import SAMPLE, sample_clips
 
 SECTION = "## Timestamps after fine-tuning"
-SAMPLE = REPO / "kspon_dataset" / "sample"
 BASE = REPO / "models" / "whisper-base"
 HELD_OUT = ("test", "eval_clean", "eval_other")
 # Long files: the sample's clips are short (~1.2 s), so test alone with its pauses stays under 30 s.

@@ -10,7 +10,6 @@ checkpointing. B: `Seq2SeqTrainer`, batch 4 x accumulation 4, bf16, checkpointin
 Samples/s is the median over windows after warm-up; MFU uses kspon_whisper/flops.py's FLOP count.
 """
 
-import contextlib
 import gc
 import itertools
 import statistics
@@ -31,20 +30,19 @@ from transformers import (
     WhisperProcessor,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/train_throughput.py`: benchmarks/, tools/ are not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/train_throughput.py`
 
-from benchmarks.harness import RESULTS, arguments, markdown_table, publish, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
-from kspon_whisper.audio import to_dtype  # noqa: E402
-from kspon_whisper.collator import WhisperCollator  # noqa: E402
-from kspon_whisper.flops import mfu, whisper_training_flops  # noqa: E402
-from kspon_whisper.inference import LANGUAGE, TASK  # noqa: E402
-from kspon_whisper.log_mel import LogMelSpectrogram  # noqa: E402
-from kspon_whisper.random_whisper import whisper_config  # noqa: E402
-from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
-from tools.sample_audio import sample_clips  # noqa: E402
-from train_accelerate import TrainConfig, configure_model, training_step  # noqa: E402
+from benchmarks.harness import RESULTS, arguments, markdown_table, publish, section_head
+from kspon_dataset.corpus import SAMPLE_RATE
+from kspon_whisper.audio import to_dtype
+from kspon_whisper.collator import WhisperCollator
+from kspon_whisper.flops import mfu, whisper_training_flops
+from kspon_whisper.inference import LANGUAGE, TASK
+from kspon_whisper.log_mel import LogMelSpectrogram
+from kspon_whisper.random_whisper import whisper_config
+from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper
+from tools.sample_audio import sample_clips
+from train_accelerate import TrainConfig, configure_model, training_step
 
 SECTION = "## Training throughput"
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM parts
@@ -205,16 +203,13 @@ def main(argv: list[str] | None = None) -> list[list]:
     extractor = WhisperFeatureExtractor(feature_size=whisper_config(args.model).num_mel_bins)
     steps_needed = (args.warmup + args.steps) * max(*args.batch_size, *checkpointed, 16)
     examples = make_examples(processor, min(steps_needed, 256))
-    print(f"{len(examples)} examples; {device()}", flush=True)
     rows = []
     if "B" in args.configs:
         rows.append(run_blog(args, examples, extractor))
-        print(table(rows[-1:]), flush=True)
     checkpointing = {"on": [True], "off": [False], "both": [False, True]}[args.gradient_checkpointing]
     for ckpt in checkpointing if "A" in args.configs else []:
         for batch_size in checkpointed if ckpt else args.batch_size:
             rows.append(run_ours(args, batch_size, examples, extractor, ckpt))
-            print(table(rows[-1:]), flush=True)
             if rows[-1][-1] != "OOM":
                 break
     lines = [section_head(SECTION, __file__, argv, device=device()).rstrip("\n")]
@@ -231,5 +226,4 @@ def main(argv: list[str] | None = None) -> list[list]:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()
