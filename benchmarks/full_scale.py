@@ -149,8 +149,8 @@ def phase_splits(spec: dict) -> dict:
     return result
 
 
-def rows(after: dict) -> list[list[str]]:
-    """measure | after | target, one row per number the issue asks for."""
+def format_section(after: dict, info: dict, argv: list[str] | None) -> str:
+    """The corpus, then measure | after | target, one row per number the issue asks for, then the validation pass."""
     cold, warm, loaders, splits = after["index_cold"], after["index_warm"], after["loaders"], after["splits"]
     first = {label: after[f"first_batch_{label}"] for label in ("cold", "warm")}
     ranks = {ws: loaders[f"world_{ws}"] for ws in (1, 8)}
@@ -171,7 +171,7 @@ def rows(after: dict) -> list[list[str]]:
     index_mib = (
         f"{cold['grown']:,.0f} cold, {warm['grown']:,.0f} memory-mapped ({cold['index_mib']:.0f} MiB of arrays)"
     )
-    return [
+    rows = [
         ["index the five training ZIPs, s per process",
          f"{cold['seconds']:.1f} cold, {warm['seconds']:.2f} memory-mapped", "-"],
         ["RSS the index adds to a process, MiB", index_mib, "<= 150"],
@@ -190,12 +190,9 @@ def rows(after: dict) -> list[list[str]]:
         ['the same two with `split_scheme="random_utterance"` (the split before)',
          f"{shares('random_utterance')}; {splits['random_utterance']['straddling']}", "-"],
     ]  # fmt: skip
-
-
-def format_section(after: dict, info: dict, argv: list[str] | None) -> str:
     manifest, validation = info["manifest"], after["validation_pass"]
     rss = ", ".join(f"{n // 1000}k: {mib:,.0f}" for n, mib in validation["rss"])
-    table = harness.markdown_table(["measure", f"after ({harness.git_commit()})", "target"], rows(after))
+    table = harness.markdown_table(["measure", f"after ({harness.git_commit()})", "target"], rows)
     return (
         harness.section_head(SECTION, __file__, argv, "numpy")
         + f"- Corpus: {sum(manifest['folders'].values()):,} training utterances in {len(manifest['folders'])} folders "

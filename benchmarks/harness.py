@@ -164,12 +164,9 @@ def run_fresh(module: str, phase: str, spec: dict, env: dict | None = None, time
     return result | {"load_avg": [load, os.getloadavg()[0]]}
 
 
-def _phase_process(module: str, phase: str, spec: str, result_path: str) -> None:
+if __name__ == "__main__":  # run_fresh's phase process
+    module, phase, spec, result_path = sys.argv[1:]
     result = getattr(importlib.import_module(f"benchmarks.{module}"), f"phase_{phase}")(json.loads(spec))
     # VmHWM, not getrusage: Linux carries ru_maxrss over exec, so a phase would report the peak of its parent.
     result["rss_self_mib"] = proc_mib("VmHWM")
     Path(result_path).write_text(json.dumps(result))
-
-
-if __name__ == "__main__":
-    _phase_process(*sys.argv[1:])

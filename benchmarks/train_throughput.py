@@ -176,10 +176,6 @@ def blog_collator(rows: list[dict]) -> dict:
     return {"input_features": features, "labels": labels}
 
 
-def table(rows: list[list]) -> str:
-    return markdown_table(["configuration", "batch", "grad. ckpt", "samples/s", "MFU", "peak GPU GiB", "note"], rows)
-
-
 def device() -> str:
     return f"device {torch.cuda.get_device_name() if CUDA else 'CPU'}"
 
@@ -213,7 +209,8 @@ def main(argv: list[str] | None = None) -> list[list]:
             if rows[-1][-1] != "OOM":
                 break
     lines = [section_head(SECTION, __file__, argv, device=device()).rstrip("\n")]
-    lines += [f"- Model `{args.model}`, random weights from its config.", "", table(rows), ""]
+    header = ["configuration", "batch", "grad. ckpt", "samples/s", "MFU", "peak GPU GiB", "note"]
+    lines += [f"- Model `{args.model}`, random weights from its config.", "", markdown_table(header, rows), ""]
     blog = next((float(row[3]) for row in rows if row[0].startswith("B")), None)
     lines += [
         f"- {row[0]}, gradient checkpointing {row[2]}: {float(row[3]) / blog:.1f}x configuration B on this device."
