@@ -112,9 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, SECTION)
     parser.add_argument("--scale", type=int, default=8, help="the state is 1/scale of large-v3's (1: the whole)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, help="scratch folder, emptied afterwards (default: a temporary one)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+    with tempfile.TemporaryDirectory() as workdir:  # in $TMPDIR
         results = measure(args.scale, args.repeats, Path(workdir))
     publish(format_section(results, argv), args.write_results)
 

@@ -218,13 +218,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = arguments(__doc__, SECTION)
     parser.add_argument("--num_utterances", type=int, default=20_000, help="corpus size")
-    parser.add_argument("--workdir", type=Path, help="where the scratch folder goes (default: the system's temp)")
     parser.add_argument("--passes", type=int, default=3, help="timed streaming passes (plus one cold pass)")
     parser.add_argument("--loader_batches", type=int, default=48, help="timed batches per loader configuration")
     workers = sorted({1, 2, os.cpu_count() or 1})  # the trainer's DataLoader is timed with each count
     parser.add_argument("--loader_workers", type=lambda s: sorted({int(n) for n in s.split(",")}), default=workers)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="kspon-bench-", dir=args.workdir) as workdir:
+    with tempfile.TemporaryDirectory(prefix="kspon-bench-") as workdir:  # in $TMPDIR
         workdir = Path(workdir).resolve()
         corpus, env, start = workdir / "corpus", offline_env(workdir), time.perf_counter()
         summary = write_corpus(corpus, num_utterances=args.num_utterances, voice="tone", seed=0)

@@ -28,16 +28,13 @@ SECTION = "## Memory of a long file in transcribe.py"
 SOURCE_RATE = 44_100
 
 
-def write_noise(path: Path, seconds: int) -> None:
-    """Quiet stereo noise, written a second at a time (the benchmark itself must not hold the file)."""
+def transcribe_peak(model_dir: Path, audio: Path, seconds: int) -> tuple[float, float]:
+    """(peak resident MB, seconds) of one transcribe.py process on `seconds` of quiet stereo noise, written a second
+    at a time (the benchmark itself must not hold the file)."""
     rng = np.random.default_rng(0)
-    with soundfile.SoundFile(path, "w", SOURCE_RATE, 2, subtype="PCM_16") as f:
+    with soundfile.SoundFile(audio, "w", SOURCE_RATE, 2, subtype="PCM_16") as f:
         for _ in range(seconds):
             f.write((0.1 * rng.standard_normal((SOURCE_RATE, 2))).astype(np.float32))
-
-
-def transcribe_peak(model_dir: Path, audio: Path) -> tuple[float, float]:
-    """(peak resident MB, seconds) of one transcribe.py process."""
     command = [sys.executable, str(REPO / "transcribe.py"), "--model", str(model_dir), "--max_new_tokens", "4"]
     start = time.perf_counter()
     process = subprocess.Popen([*command, str(audio)], cwd=REPO, stdout=subprocess.DEVNULL)
@@ -54,13 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = save_random_whisper("test", REPO / "models" / "whisper-base", tmp / "model")
-        short, long = tmp / "short.wav", tmp / "long.wav"
-        write_noise(short, 12)
-        write_noise(long, args.minutes * 60)
-        short_mb, short_s = transcribe_peak(model_dir, short)
-        long_mb, long_s = transcribe_peak(model_dir, long)
+        short_mb, short_s = transcribe_peak(model_dir, tmp / "short.wav", 12)
+        long_mb, long_s = transcribe_peak(model_dir, tmp / "long.wav", args.minutes * 60)
         tracemalloc.start()
-        samples_mb = read_audio(long).nbytes / 2**20
+        samples_mb = read_audio(tmp / "long.wav").nbytes / 2**20
         traced_mb = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
     waveform_mb, extra_mb = args.minutes * 60 * SAMPLE_RATE * 4 / 2**20, long_mb - short_mb

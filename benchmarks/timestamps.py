@@ -49,8 +49,10 @@ def fine_tune(output_dir: Path, *options: str) -> dict:
     return {"command": command, **{f"{k}_cer": metrics[k]["cer"] for k in ("test", "validation")}}
 
 
-def realised_share(processor, generation_config) -> dict:
+def realised_share() -> dict:
     """Timestamped labels per epoch in the batches that the trainer's loader makes of the sample's train split."""
+    model, processor = load_model(str(BASE), "cpu")
+    generation_config = model.generation_config
     timestamps = timestamp_labels(processor.tokenizer, generation_config, probability=DEFAULT_PROBABILITY, seed=SEED)
     splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
     start = generation_config.decoder_start_token_id
@@ -168,11 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "timestamps")
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
-    from transformers import GenerationConfig, WhisperProcessor
-
-    processor = WhisperProcessor.from_pretrained(BASE)
-    processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
-    results = {"share": realised_share(processor, GenerationConfig.from_pretrained(BASE))}
+    results = {"share": realised_share()}
     runs = {"p = 0": args.runs_dir / "p0", f"p = {DEFAULT_PROBABILITY} (default)": args.runs_dir / "p-default"}
     options = {"p = 0": ["--timestamp_probability", "0"]}
     results["runs"] = {name: fine_tune(out, *options.get(name, [])) for name, out in runs.items()}
