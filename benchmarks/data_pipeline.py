@@ -3,10 +3,9 @@
     python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
     python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
 
-On a tone-voice corpus in AI Hub's ZIP layout, each phase in a fresh process: the loading script streaming (one
-process, then a 2-worker DataLoader), `download_and_prepare` (num_proc 1, 2), the blog route (extract, one WAV per
-utterance, JSON manifests), inflating every member (the floor), and the trainer's DataLoader with log-mel in the
-workers (80, 128 mels) or on the GPU.
+On a tone-voice corpus in AI Hub's ZIP layout, each phase in a fresh process: streaming (one process, a DataLoader),
+`download_and_prepare` (num_proc 1, 2), the blog route (extract, WAVs, JSON manifests), inflating every member (the
+floor), and the trainer's DataLoader with log-mel in the workers (80, 128 mels) or on the GPU.
 """
 
 import itertools

@@ -2,9 +2,8 @@
 
     python benchmarks/exit_soak.py --runs 20   # ~15 min on 2 cores
 
-Each run: `accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo), `train_accelerate.py` on a tiny random
-Whisper and a 60-utterance tone corpus, alternating streaming (`--max_steps 7`) and map-style (`--num_epochs 1`). A run
-past --timeout_s is a hang: its tree gets SIGABRT (Python prints every thread's stack into the log), then SIGKILL.
+Two CPU processes train a tiny random Whisper on a 60-utterance corpus, streaming and map-style in turn. A run past
+--timeout_s is a hang: its tree gets SIGABRT (Python prints every thread's stack into the log), then SIGKILL.
 """
 
 import argparse

@@ -3,9 +3,8 @@
     python benchmarks/export_equivalence.py --write_results          # Whisper base, 21 clips, ~10 min on 2 cores
     python benchmarks/export_equivalence.py --model_dir runs/ko-large-v3 --splits eval_clean --data_dir /data/Kspon
 
-Each `export_ct2` quantization decodes every clip (greedy, Korean, no timestamps, one at a time) through
-`ctranslate2.models.Whisper` on Transformers' log-mel and prompt, and through faster-whisper on the audio (padded to
-30 s, and as is), compared exactly and by CER with Transformers in float32.
+Each quantization decodes every clip (greedy, one at a time) in CTranslate2 on Transformers' log-mel and prompt, and
+in faster-whisper on the audio (padded to 30 s, and as is), compared with Transformers in float32.
 """
 
 import sys

@@ -3,9 +3,8 @@
     python benchmarks/frontends.py --write_results                            # the demo at seeds 42, 1, 2
     python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
 
-For each --feature_padding_probability P and --seed S, the demo's fine-tune (~15-20 min on 2 cores; reused with its
-decodes when done) is exported to float16 and int8, and faster-whisper decodes the sample's 26 held-out clips as its
-README calls it (the clip as given, greedy, with and without timestamps), against the trainer's own predictions.
+For each --feature_padding_probability and --seed, the demo's fine-tune (~15-20 min; reused when done), exported to
+float16 and int8, decodes the 26 held-out clips in faster-whisper as its README calls it, against the trainer's own.
 """
 
 import json

@@ -3,9 +3,8 @@
     python benchmarks/full_scale.py --write_results                        # 622,545 utterances, ~15 min on 2 cores
     python benchmarks/full_scale.py --folders 12 --per_folder 40 --eval_utterances 60 --examples_per_rank 0  # ~1 min
 
-On tools/full_corpus.py's corpus (kept in --workdir for the next run), each in a fresh process: index time and memory,
-the trainer's first batch, a streamed validation pass, the loader at world size 1 and 8 (audio reads per example),
-batch diversity and split shares. tests/test_data_order.py guards their correctness on a scaled-down layout.
+On tools/full_corpus.py's corpus (kept in --workdir), each in a fresh process: index time and memory, the first batch,
+a validation pass, reads per example at world size 1 and 8, batch diversity, split shares (tests/test_data_order.py).
 """
 
 import itertools

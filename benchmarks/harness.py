@@ -1,7 +1,5 @@
-"""What every benchmark shares: the machine line, a markdown table, the RESULTS.md section writer, and a phase
-`phase_<name>(spec: dict) -> dict` of a benchmark module run in a fresh Python process with its peak memory
-(`python -m benchmarks.harness <module> <name> <spec> <result>`), so nothing of an earlier phase counts in it.
-"""
+"""What every benchmark shares: options, the machine line, a markdown table, the RESULTS.md section writer, and a
+benchmark's `phase_<name>(spec: dict) -> dict` run in a fresh Python process with its peak memory (`run_fresh`)."""
 
 import argparse
 import contextlib

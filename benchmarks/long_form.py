@@ -2,9 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/long_form.py --write_results   # ~4 min on a busy 2-core CPU
 
-tools/sample_audio.py's long file (24 clips, one across the 30 s mark) through the untouched Whisper base, greedy:
-each clip alone, then the file in long form (`Transcriber`) with the default fallback settings and with the rules this
-voice trips turned off; CER, and the straddling clip's own hypothesis found in each transcript (`substring_cer`).
+tools/sample_audio.py's 24 clips (one across 30 s) through Whisper base: each alone, then the file in long form with
+the default fallbacks and with those this voice trips off; CER, and the straddling clip's text in each transcript.
 """
 
 import sys

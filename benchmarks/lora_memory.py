@@ -2,9 +2,8 @@
 
     python benchmarks/lora_memory.py --write_results
 
-Parameters and bytes from the large-v3 config on the meta device; activations from the tensors autograd saves in a
-bf16-autocast forward of one layer per stack at batch 1 and 2, times 32 layers (checkpointed: an estimate from those
-counts); then the largest batch that fits 24, 48 and 80 GB cards.
+Parameters from the config on the meta device; activations from what autograd saves in a bf16 forward of one layer per
+stack at batch 1 and 2, times 32 (checkpointed: estimated); then the largest batch for 24, 48 and 80 GB cards.
 """
 
 import sys

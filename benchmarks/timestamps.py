@@ -2,9 +2,8 @@
 
     python benchmarks/timestamps.py --write_results   # two demo fine-tunes (reused when done), ~40 min on 2 cores
 
-The share of timestamped labels in the trainer's batches; the demo's fine-tune with `--timestamp_probability 0` and
-the default (a finished output_dir is reused); then each model and the untouched base decode with timestamps every
-held-out clip (well-formed?) and the clips joined with 1 s pauses in long form (ordered, inside, ending where?).
+The share of timestamped labels in the trainer's batches; the demo with `--timestamp_probability` 0 and default; each
+model and the base decode every held-out clip (well-formed?) and the clips joined in long form (ordered, inside?).
 """
 
 import dataclasses

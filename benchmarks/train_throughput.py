@@ -4,10 +4,9 @@
     python benchmarks/train_throughput.py --model test --steps 4 --warmup 1         # CPU smoke test, seconds
     python benchmarks/train_throughput.py --batch_size 48,32,16 --checkpointed_batch_size 128,96  # largest that fits
 
-Both train a random Whisper built from its config on sample-corpus clips joined to 30-60 label tokens. A:
-`train_accelerate.training_step`, fused AdamW, bf16 autocast, log-mel computed on the device, with and without
-checkpointing. B: `Seq2SeqTrainer`, batch 4 x accumulation 4, bf16, checkpointing, 1 worker, log-mel precomputed.
-Samples/s is the median over windows after warm-up; MFU uses kspon_whisper/flops.py's FLOP count.
+A random Whisper on sample clips joined to 30-60 label tokens. A: `train_accelerate.training_step`, fused AdamW, bf16,
+log-mel on the device, with and without checkpointing. B: `Seq2SeqTrainer`, batch 4 x 4, bf16, checkpointing, log-mel
+precomputed. Samples/s: the median over windows after warm-up; MFU from kspon_whisper/flops.py.
 """
 
 import gc
