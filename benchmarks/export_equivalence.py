@@ -40,23 +40,16 @@ WAV_CLIPS = {  # tests/data, espeak-ng (see its README)
 
 
 @dataclass
-class Clip:
-    id: str
-    audio: np.ndarray  # float32 in [-1, 1], 16 kHz
-    reference: str
-
-
-@dataclass
 class Decoded:
     texts: list[str]
     tokens: list[list[int]]  # generated ids, without prompt or end token
     seconds: float
 
 
-def read_clips(data_dir: Path, splits: list[str]) -> list[Clip]:
-    wavs = [(name, read_audio(REPO / "tests" / "data" / f"{name}.wav"), text) for name, text in WAV_CLIPS.items()]
-    corpus = sample_clips(splits, data_dir=data_dir).items()
-    return [Clip(*clip) for clip in wavs] + [Clip(uid, to_dtype(pcm, "float32"), text) for uid, (text, pcm) in corpus]
+def read_clips(data_dir: Path, splits: list[str]) -> list[tuple[np.ndarray, str]]:
+    """(float32 audio, reference) of tests/data's WAVs, then of the corpus's clips in `splits`."""
+    wavs = [(read_audio(REPO / "tests" / "data" / f"{name}.wav"), text) for name, text in WAV_CLIPS.items()]
+    return wavs + [(to_dtype(pcm, "float32"), text) for text, pcm in sample_clips(splits, data_dir=data_dir).values()]
 
 
 def prompt_ids(processor: WhisperProcessor) -> list[int]:
@@ -64,40 +57,40 @@ def prompt_ids(processor: WhisperProcessor) -> list[int]:
     return processor.tokenizer.convert_tokens_to_ids(tokens)
 
 
-def features(processor: WhisperProcessor, clip: Clip) -> np.ndarray:
-    return processor.feature_extractor(clip.audio, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features
+def features(processor: WhisperProcessor, audio: np.ndarray) -> np.ndarray:
+    return processor.feature_extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features
 
 
-def hf_decode(model_dir: Path, clips: list[Clip]) -> Decoded:
+def hf_decode(model_dir: Path, clips: list) -> Decoded:
     processor = WhisperProcessor.from_pretrained(model_dir)
     model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     prompt, eot = prompt_ids(processor), processor.tokenizer.eos_token_id
     settings = {"language": LANGUAGE, "task": TASK, "num_beams": 1, "do_sample": False}
     tokens, start = [], time.perf_counter()
-    for clip in clips:
+    for audio, _ in clips:
         with torch.inference_mode():
             out = model.generate(
-                torch.from_numpy(features(processor, clip)), max_new_tokens=MAX_NEW_TOKENS, **settings
+                torch.from_numpy(features(processor, audio)), max_new_tokens=MAX_NEW_TOKENS, **settings
             )[0].tolist()
         out = out[len(prompt) :] if out[: len(prompt)] == prompt else out  # versions differ on echoing the prompt
         tokens.append([token for token in out if token != eot])
     return Decoded(_texts(processor, tokens), tokens, time.perf_counter() - start)
 
 
-def ct2_decode(export_dir: Path, processor, clips: list[Clip], threads: int, compute_type="default") -> Decoded:
+def ct2_decode(export_dir: Path, processor, clips: list, threads: int, compute_type="default") -> Decoded:
     """`ctranslate2.models.Whisper` on Transformers' log-mel and prompt: any difference is the model's."""
     model = ctranslate2.models.Whisper(str(export_dir), device="cpu", compute_type=compute_type, intra_threads=threads)
     prompt, tokens, start = prompt_ids(processor), [], time.perf_counter()
-    for clip in clips:
+    for audio, _ in clips:
         # suppress_blank: Transformers' begin_suppress_tokens; [-1]: config.json's suppress_ids, its suppress_tokens
         options = {"beam_size": 1, "max_length": len(prompt) + MAX_NEW_TOKENS, "suppress_blank": True}
-        view = ctranslate2.StorageView.from_array(features(processor, clip))
+        view = ctranslate2.StorageView.from_array(features(processor, audio))
         (result,) = model.generate(view, [prompt], suppress_tokens=[-1], **options)
         tokens.append(result.sequences_ids[0])
     return Decoded(_texts(processor, tokens), tokens, time.perf_counter() - start)
 
 
-def faster_whisper_decode(export_dir: Path, clips: list[Clip], threads: int, pad: bool = True) -> Decoded:
+def faster_whisper_decode(export_dir: Path, clips: list, threads: int, pad: bool = True) -> Decoded:
     """faster-whisper as a user calls it, the thresholds that re-decode or drop a segment off. `pad`: the audio padded
     to 30 s, so that its log-mel equals Transformers' (to 3e-5); unpadded, faster-whisper zero-pads the log-mel."""
     model = WhisperModel(str(export_dir), device="cpu", compute_type="default", cpu_threads=threads)
@@ -105,8 +98,8 @@ def faster_whisper_decode(export_dir: Path, clips: list[Clip], threads: int, pad
     options |= {"beam_size": 1, "temperature": 0.0, "without_timestamps": True, "max_new_tokens": MAX_NEW_TOKENS}
     options |= {"language": LANGUAGE, "task": TASK, "condition_on_previous_text": False}
     texts, tokens, start = [], [], time.perf_counter()
-    for clip in clips:
-        audio = np.pad(clip.audio, (0, WHISPER_WINDOW_S * SAMPLING_RATE - len(clip.audio))) if pad else clip.audio
+    for audio, _ in clips:
+        audio = np.pad(audio, (0, WHISPER_WINDOW_S * SAMPLING_RATE - len(audio))) if pad else audio
         segments, _ = model.transcribe(audio, **options)
         segments = list(segments)  # a generator: decoding happens here
         texts.append("".join(segment.text for segment in segments).strip())
@@ -118,14 +111,14 @@ def _texts(processor: WhisperProcessor, tokens: list[list[int]]) -> list[str]:
     return [processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in tokens]
 
 
-def summary(decoded: Decoded, clips: list[Clip]) -> list:
+def summary(decoded: Decoded, clips: list) -> list:
     """CER against the references, loops, tokens."""
-    references, texts = [clip.reference for clip in clips], decoded.texts
+    references, texts = [reference for _, reference in clips], decoded.texts
     loops = sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, texts, strict=True))
     return [f"{score(references, texts)['cer']:.3f}", loops, sum(map(len, decoded.tokens))]
 
 
-def run(model_dir: Path, clips: list[Clip], quantizations: list[str], threads: int, workdir: Path) -> tuple:
+def run(model_dir: Path, clips: list, quantizations: list[str], threads: int, workdir: Path) -> tuple:
     """Transformers' decode (the reference), and a table row per export and decoder."""
     torch.set_num_threads(threads)
     processor = WhisperProcessor.from_pretrained(model_dir)
@@ -151,14 +144,14 @@ def run(model_dir: Path, clips: list[Clip], quantizations: list[str], threads: i
     return hf, rows
 
 
-def format_section(hf: Decoded, rows: list, clips: list[Clip], args, argv: list[str] | None) -> str:
+def format_section(hf: Decoded, rows: list, clips: list, args, argv: list[str] | None) -> str:
     header = ["export", "folder MiB", "export s", "CPU compute type", "decoder", "identical to HF", "CER vs HF"]
     header += ["CER vs refs", "loops", "tokens", "decode s", "speed vs HF"]
-    wavs, (cer, loops, tokens) = sum(clip.id in WAV_CLIPS for clip in clips), summary(hf, clips)
+    wavs, (cer, loops, tokens) = len(WAV_CLIPS), summary(hf, clips)
     return (
         section_head(SECTION, __file__, argv, "ctranslate2", "faster-whisper")
         + f"- Model: `{args.model_dir.name}`; {len(clips)} clips ({wavs} from tests/data, {len(clips) - wavs} from "
-        f"the corpus), {sum(len(c.audio) for c in clips) / SAMPLING_RATE:.0f} s of speech. Greedy, Korean, no "
+        f"the corpus), {sum(len(audio) for audio, _ in clips) / SAMPLING_RATE:.0f} s of speech. Greedy, Korean, no "
         f"timestamps, at most {MAX_NEW_TOKENS} new tokens, one clip at a time, {args.threads} threads per decoder.\n"
         f"- Transformers float32 (the reference decoder): CER {cer} against the references, {loops} loops, {tokens} "
         f"tokens in {hf.seconds:.1f} s.\n\n" + markdown_table(header, rows) + "\n"

@@ -216,7 +216,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     env = harness.offline_env(workdir, KSPON_INDEX_CACHE=str(workdir / "index_cache"))
     env["PYTHONWARNINGS"] = "ignore::FutureWarning,ignore::UserWarning"
     info = ensure_corpus(workdir, args.folders, args.per_folder, args.eval_utterances)  # kept for the next run

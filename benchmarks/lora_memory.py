@@ -6,6 +6,7 @@ Parameters from the config on the meta device; activations from what autograd sa
 stack at batch 1 and 2, times 32 (checkpointed: estimated); then the largest batch for 24, 48 and 80 GB cards.
 """
 
+import functools
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -72,16 +73,13 @@ def saved_bytes(setup: Setup, batch: int, label_tokens: int) -> tuple[dict[tuple
         bf16_weights[2 * p.numel()].append(p.detach().to(torch.bfloat16).reshape(-1))
     region, layer_inputs = ["outside the layers"], {}
 
-    def enter(name):
-        def hook(module, args, kwargs):
-            region[0] = name
-            layer_inputs[name] = (args[0] if args else kwargs["hidden_states"]).nbytes
-
-        return hook
+    def enter(name, module, args, kwargs):
+        region[0] = name
+        layer_inputs[name] = (args[0] if args else kwargs["hidden_states"]).nbytes
 
     for name, layers in (("encoder layer", base.model.encoder.layers), ("decoder layer", base.model.decoder.layers)):
         layer = layers[0]
-        layer.register_forward_pre_hook(enter(name), with_kwargs=True)
+        layer.register_forward_pre_hook(functools.partial(enter, name), with_kwargs=True)
         layer.register_forward_hook(lambda *_: region.__setitem__(0, "outside the layers"))
     seen, tally, kept = set(), defaultdict(int), []
 
