@@ -69,9 +69,8 @@ def hf_decode(model_dir: Path, clips: list) -> Decoded:
     tokens, start = [], time.perf_counter()
     for audio, _ in clips:
         with torch.inference_mode():
-            out = model.generate(
-                torch.from_numpy(features(processor, audio)), max_new_tokens=MAX_NEW_TOKENS, **settings
-            )[0].tolist()
+            log_mel = torch.from_numpy(features(processor, audio))
+            out = model.generate(log_mel, max_new_tokens=MAX_NEW_TOKENS, **settings)[0].tolist()
         out = out[len(prompt) :] if out[: len(prompt)] == prompt else out  # versions differ on echoing the prompt
         tokens.append([token for token in out if token != eot])
     return Decoded(_texts(processor, tokens), tokens, time.perf_counter() - start)

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -81,17 +82,15 @@ def phase_first_batch(spec: dict) -> dict:
 def phase_validation_pass(spec: dict) -> dict:
     from kspon_whisper.data import PassCounter
 
-    class OneProcess:  # what `PassCounter.line` asks of an Accelerator, for one process
-        device = "cpu"
-        reduce = staticmethod(lambda tensor, reduction: tensor)
-
+    # what `PassCounter.line` asks of an Accelerator, for one process
+    one_process = SimpleNamespace(device="cpu", reduce=lambda tensor, reduction: tensor)
     split = load(spec["corpus"])["validation"]
     counter, examples, rss, start = PassCounter(split), 0, [(0, harness.proc_mib())], time.perf_counter()
     for batch in counter.counted(train_loader(split, 0, 1, 0, shuffle=False)):
         examples += len(batch["id"])
         if examples // 10_000 > (examples - len(batch["id"])) // 10_000:
             rss.append((examples, harness.proc_mib()))
-    seconds, (line, _) = time.perf_counter() - start, counter.line("validation", OneProcess())
+    seconds, (line, _) = time.perf_counter() - start, counter.line("validation", one_process)
     return {"examples": examples, "seconds": seconds, "rss": rss, "line": line}
 
 
@@ -216,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
-    env = harness.offline_env(workdir, KSPON_INDEX_CACHE=str(workdir / "index_cache"))
-    env["PYTHONWARNINGS"] = "ignore::FutureWarning,ignore::UserWarning"
+    warnings = "ignore::FutureWarning,ignore::UserWarning"
+    env = harness.offline_env(workdir, KSPON_INDEX_CACHE=str(workdir / "index_cache"), PYTHONWARNINGS=warnings)
     info = ensure_corpus(workdir, args.folders, args.per_folder, args.eval_utterances)  # kept for the next run
     spec, after = {"corpus": str(workdir / "corpus"), "examples_per_rank": args.examples_per_rank}, {}
     runs = [(phase, label) for phase in ("index", "first_batch") for label in ("_cold", "_warm")]

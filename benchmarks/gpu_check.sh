@@ -21,8 +21,7 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
 else
     out=runs/gpu-check
     results=benchmarks/RESULTS.md
-    # Largest first; each size that does not fit costs one model build and one step. Memory arithmetic (README):
-    # without checkpointing ~16 samples fit on 80 GB and ~35 on 141 GB; checkpointing fits several times more.
+    # Each size that does not fit costs a model build and a step; ~16 fit on 80 GB, ~35 on 141 GB (README).
     throughput=(--model large-v3 --batch_size 48,40,32,24,16,8 --checkpointed_batch_size 160,128,96,64,32
                 --steps 10 --warmup 3 --window 5 --configs A,B)
     launch_config=accelerate_config.yaml

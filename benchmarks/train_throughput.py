@@ -107,11 +107,10 @@ def run_ours(args, batch_size: int, examples, extractor, gradient_checkpointing:
     batches = [b for b in batches if len(b["labels"]) == batch_size]
     if CUDA:
         batches = [{k: v.pin_memory() for k, v in b.items() if torch.is_tensor(v)} for b in batches]
-
-    cursor = itertools.count()
+    batches = itertools.cycle(batches)
 
     def step() -> None:
-        batch = batches[next(cursor) % len(batches)]
+        batch = next(batches)
         features = log_mel(batch["input_audio"].to(accelerator.device, non_blocking=True))
         labels = batch["labels"].to(accelerator.device, non_blocking=True)
         window = [({"input_features": features, "labels": labels}, 1.0)]  # one micro-batch per optimizer step
