@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--timeout_s", type=float, default=240.0, help="the two-process test's own timeout")
     args = parser.parse_args(argv)
-    modes = list(DATA_ARGS)
+    modes = list(DATA_ARGS)  # in turn
     print(f"{args.runs} two-process runs ({', '.join(modes)})\n{machine_line('accelerate')}", flush=True)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="exit-soak-") as work:

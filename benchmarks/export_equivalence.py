@@ -31,7 +31,6 @@ from tools.offline_whisper import DEFAULT_OUTPUT_DIR
 from tools.sample_audio import SAMPLE, sample_clips
 
 SECTION = "## faster-whisper export: equivalence and speed"
-WHISPER_WINDOW_S = 30
 WAV_CLIPS = {  # tests/data, espeak-ng (see its README)
     "ko_greeting": "안녕하세요 반갑습니다",
     "ko_weather": "오늘 날씨가 정말 좋네요",
@@ -98,7 +97,7 @@ def faster_whisper_decode(export_dir: Path, clips: list, threads: int, pad: bool
     options |= {"language": LANGUAGE, "task": TASK, "condition_on_previous_text": False}
     texts, tokens, start = [], [], time.perf_counter()
     for audio, _ in clips:
-        audio = np.pad(audio, (0, WHISPER_WINDOW_S * SAMPLING_RATE - len(audio))) if pad else audio
+        audio = np.pad(audio, (0, 30 * SAMPLING_RATE - len(audio))) if pad else audio
         segments, _ = model.transcribe(audio, **options)
         segments = list(segments)  # a generator: decoding happens here
         texts.append("".join(segment.text for segment in segments).strip())

@@ -77,15 +77,13 @@ def write_section(section: str, path: Path = RESULTS) -> None:
     append it; the other sections stay as they are, and so does the part of this one after a `BY_HAND` line."""
     heading = section.split("\n", 1)[0]
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(heading + "\n")
-    if start < 0:
+    old = re.search(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", text, flags=re.DOTALL | re.MULTILINE)
+    if old is None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(heading))
-        old = text[start : end + 1 if end >= 0 else len(text)]
-        if BY_HAND in old:  # what was written by hand (how to read the numbers) stays under the new numbers
-            section = section.rstrip("\n") + "\n\n" + old[old.index(BY_HAND) :].rstrip("\n") + "\n"
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
+        if BY_HAND in old[0]:  # what was written by hand (how to read the numbers) stays under the new numbers
+            section = section.rstrip("\n") + "\n\n" + old[0][old[0].index(BY_HAND) :].rstrip("\n") + "\n"
+        text = text[: old.start()] + section + ("\n" + text[old.end() :] if old.end() < len(text) else "")
     path.write_text(text)
 
 

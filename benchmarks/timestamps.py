@@ -44,11 +44,11 @@ BATCH = 8
 def realised_share() -> dict:
     """Timestamped labels per epoch in the batches that the trainer's loader makes of the sample's train split."""
     model, processor = load_model(str(BASE), "cpu")
-    generation_config = model.generation_config
-    timestamps = timestamp_labels(processor.tokenizer, generation_config, probability=DEFAULT_PROBABILITY, seed=SEED)
+    generation = model.generation_config
+    timestamps = timestamp_labels(processor.tokenizer, generation, probability=DEFAULT_PROBABILITY, seed=SEED)
+    batcher = speech_batcher(processor, model.config, log_mel_on_device=True)
+    batcher = dataclasses.replace(batcher, timestamps=timestamps)
     splits = load_splits(str(SAMPLE), config="spelling", split_scheme="random", streaming=True)
-    start = generation_config.decoder_start_token_id
-    batcher = dataclasses.replace(speech_batcher(processor, start, log_mel_on_device=True), timestamps=timestamps)
     order = {"rank": 0, "world_size": 1, "seed": SEED, "shuffle": True}
     loader = make_dataloader(splits["train"], batcher, batch_size=8, num_workers=1, **order)
     per_epoch = []
