@@ -155,20 +155,18 @@ def tree_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def rate(run: dict) -> float:
-    return run["examples"] / run["seconds"]
-
-
-def rss(phase: dict) -> str:
-    return f"{phase['rss_self_mib']:,.0f} / {phase['rss_tree_mib']:,.0f}"
-
-
 def median_run(runs: list[dict]) -> dict:
     """The pass with the lower median time, with how many passes it came from."""
     return sorted(runs, key=lambda run: run["seconds"])[(len(runs) - 1) // 2] | {"of": len(runs)}
 
 
 def format_section(results: dict, argv: list[str]) -> str:
+    def rate(run: dict) -> float:
+        return run["examples"] / run["seconds"]
+
+    def rss(phase: dict) -> str:
+        return f"{phase['rss_self_mib']:,.0f} / {phase['rss_tree_mib']:,.0f}"
+
     corpus, loader, phases = results["corpus"], results["loader"], results["dataset"]
     stream, dataloader, unzip, inflate = (phases[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
     warm, loaded, cores = median_run(stream["warm"]), median_run(dataloader["warm"]), min(2, os.cpu_count() or 1)

@@ -7,6 +7,7 @@ stack at batch 1 and 2, times 32 (checkpointed: estimated); then the largest bat
 """
 
 import functools
+import itertools
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -145,11 +146,9 @@ def report(label_tokens: int) -> str:
         pairs = [(acts[a] / GiB, acts[f"{a}_checkpointed"] / GiB) for a in ("copies", "per_sample")]
         rows.append([setup.name, trainable, *gib, *(f"{plain:.2f} / {ckpt:.2f}" for plain, ckpt in pairs)])
         fits.append([setup.name])
-        fits[-1] += [
-            max(0, int((card * GiB * (1 - HEADROOM) - static - acts[f"copies{c}"]) // acts[f"per_sample{c}"]))
-            for card in CARDS_GIB
-            for c in ("", "_checkpointed")
-        ]
+        for card, c in itertools.product(CARDS_GIB, ("", "_checkpointed")):
+            room = card * GiB * (1 - HEADROOM) - static - acts[f"copies{c}"]
+            fits[-1].append(max(0, int(room // acts[f"per_sample{c}"])))
     cards = [f"{card} GB{ckpt}" for card in CARDS_GIB for ckpt in ("", " ckpt")]
     free = f"Largest per-device batch by this arithmetic ({HEADROOM:.0%} of the card kept free; ckpt: checkpointed):"
     return "\n".join([markdown_table(HEADER, rows), "", free, "", markdown_table(["setup", *cards], fits)])

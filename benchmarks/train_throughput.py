@@ -143,8 +143,7 @@ class _StepTimer(TrainerCallback):
 
 def run_blog(args, examples, extractor) -> list:
     """The blog's setup: HF Trainer, batch 4 x accumulation 4, bf16, checkpointing, 1 worker, features precomputed."""
-    audio = [to_dtype(e["audio"], "float32") for e in examples]
-    features = extractor(audio, sampling_rate=SAMPLE_RATE).input_features
+    features = extractor([to_dtype(e["audio"], "float32") for e in examples], sampling_rate=SAMPLE_RATE).input_features
     train_set = [{"input_features": f, "labels": e["labels"]} for f, e in zip(features, examples, strict=True)]
     model, timer = random_model(args.model, gradient_checkpointing=True), _StepTimer()
     with tempfile.TemporaryDirectory() as out:
