@@ -196,12 +196,15 @@ def format_section(results: dict, argv: list[str]) -> str:
         for run in loader
     ]
     header = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", "peak RSS MiB main / all"]
+    ratios = "; ".join(f"num_proc={n}: {unzip['seconds'] / phases[f'prepare_np{n}']['seconds']:.2f}x" for n in (1, 2))
     loader_header = ["audio_mode", "mels", "workers", "samples timed", "samples/s", "per worker", "startup s"]
     return (
         section_head(SECTION, __file__, argv, "torchdata", "numpy", "pyarrow", "soundfile")
         + f"- Corpus: {corpus['num_utterances']:,} utterances, {corpus['audio_s'] / 3600:.1f} h of tone audio "
         f"({corpus['audio_s'] / corpus['num_utterances']:.2f} s per clip), {corpus['zip_bytes'] / MIB:,.0f} MiB of "
         f"ZIPs, generated in {corpus['seconds']:.0f} s.\n\n### Loading script\n\n{markdown_table(header, table)}\n\n"
+        f"- Blog route / prepared route: {ratios}. Streaming: load_dataset returned in {stream['setup_s']:.1f} s, "
+        f"the first decoded example came {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call.\n\n"
         f"### Training DataLoader\n\n{markdown_table([*loader_header, 'peak RSS MiB main / all'], loader_table)}\n"
     )
 

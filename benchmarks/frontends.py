@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "frontends", help="fine-tunes (reused)")
     parser.add_argument("--measured_only", action="store_true", help="leave out the fine-tunes not already done")
     args = parser.parse_args(argv)
-    clips = [(uid, to_dtype(pcm, "float32")) for uid, (_, pcm) in sample_clips(SPLITS).items()]
-    results = []
+    clips, results = [(uid, to_dtype(pcm, "float32")) for uid, (_, pcm) in sample_clips(SPLITS).items()], []
     for probability in args.probabilities:
         for seed in args.seeds:
             output_dir = args.runs / f"p{probability:g}-s{seed}"  # the demo's fine-tune, reused when done

@@ -27,7 +27,6 @@ from tools.full_corpus import ensure_corpus
 
 SECTION = "## Full scale"
 BATCH_SIZE, SEED, TRAINER_WORKERS = 16, 42, 4  # the trainer's per_device_batch_size, seed and num_workers defaults
-SCHEMES = ("random", "random_utterance")
 
 
 def count_rows(rows: list[dict]) -> dict:
@@ -132,7 +131,7 @@ def phase_splits(spec: dict) -> dict:
     from kspon_dataset.corpus import index_source
 
     result = {}
-    for scheme in SCHEMES:
+    for scheme in ("random", "random_utterance"):
         selections = KsponSpeech(config_name="spelling", data_dir=spec["corpus"], split_scheme=scheme).selections()
         homes: dict[str, set[str]] = {}
         for split in ("train", "validation", "test"):
