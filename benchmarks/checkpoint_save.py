@@ -2,16 +2,10 @@
 
     python benchmarks/checkpoint_save.py --scale 8 --write_results   # ~2 min on 2 cores; --scale 1 needs ~40 GB RAM
 
-The state: large-v3's parameter shapes (the first 1/scale of its parameters, in order, as random fp32 tensors) and
-AdamW's two moments, prepared by one CPU Accelerator. Each repeat times, from a clean page cache's dirty side
-(`os.sync` first):
-- `save_checkpoint` as the trainer calls it: every file hashed while it is written, COMPLETE.json, the rename;
-- `save_state` alone, the same write with no digest, and with the model as safetensors (the format before);
-- reading a written checkpoint back to hash it: what each save added after its write before, and what verifying a
-  checkpoint at resume still costs.
+The first 1/scale of large-v3's parameters (random fp32) with AdamW's moments; each repeat, after `os.sync`, times
+`save_checkpoint`, `save_state` alone (torch.save; safetensors: the format before) and the read-back that hashed it.
 """
 
-import argparse
 import hashlib
 import os
 import random
@@ -24,15 +18,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/checkpoint_save.py`, the repo packages are not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/checkpoint_save.py`
 
-from accelerate import Accelerator  # noqa: E402
-from transformers import WhisperForConditionalGeneration  # noqa: E402
+from accelerate import Accelerator
+from transformers import WhisperForConditionalGeneration
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
-from kspon_whisper.checkpoints import LoopState, save_checkpoint  # noqa: E402
-from kspon_whisper.random_whisper import whisper_config  # noqa: E402
+from benchmarks.harness import arguments, markdown_table, publish, section_head
+from kspon_whisper.checkpoints import LoopState, save_checkpoint
+from kspon_whisper.random_whisper import whisper_config
 
 SECTION = "## Checkpoint save: sha256 read behind the writers"
 
@@ -47,20 +40,10 @@ def training_state(scale: int) -> tuple[Accelerator, torch.nn.Module, torch.opti
     model = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(shape)) for shape in kept)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     for p in model.parameters():  # the moments a step would leave, without the step's time and memory
-        optimizer.state[p] = {
-            "step": torch.tensor(1.0),
-            "exp_avg": torch.randn_like(p),
-            "exp_avg_sq": torch.rand_like(p),
-        }
+        moments = {"exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
+        optimizer.state[p] = {"step": torch.tensor(1.0), **moments}
     accelerator = Accelerator(cpu=True)
     return accelerator, *accelerator.prepare(model, optimizer), total
-
-
-def timed(work) -> float:
-    os.sync()  # the previous repeat's dirty pages are written out first, not throttling this one
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
 
 
 def read_back(folder: Path) -> None:
@@ -70,23 +53,33 @@ def read_back(folder: Path) -> None:
                 hashlib.file_digest(f, "sha256")
 
 
+WHAT = (
+    "`save_checkpoint` (sha256 read behind the writers)",
+    "`save_state` alone (torch.save: the write, no digest)",
+    "`save_state` alone, the model as safetensors (the format before)",
+    "reading the checkpoint back to hash it (verification at resume)",
+)
+
+
 def measure(scale: int, repeats: int, workdir: Path) -> dict:
     accelerator, model, _, total = training_state(scale)
     root, plain = workdir / "checkpoints", workdir / "plain"
-    runs = {
-        "save_checkpoint": lambda: save_checkpoint(accelerator, root, LoopState(step=1), total_limit=1),
-        "save_state": lambda: accelerator.save_state(str(plain), safe_serialization=False),
-        "save_state, model as safetensors": lambda: accelerator.save_state(str(plain), safe_serialization=True),
-        "read back": lambda: read_back(root),
-    }
+    runs = dict(zip(WHAT, [
+        lambda: save_checkpoint(accelerator, root, LoopState(step=1), total_limit=1),
+        lambda: accelerator.save_state(str(plain), safe_serialization=False),
+        lambda: accelerator.save_state(str(plain), safe_serialization=True),
+        lambda: read_back(root),
+    ], strict=True))  # fmt: skip
     times = {name: [] for name in runs}
     for repeat in range(repeats + 1):  # the first, untimed, pays for lazy imports and first allocations
-        writes = list(runs)[:3]
+        writes = list(WHAT[:3])
         random.Random(repeat).shuffle(writes)  # no write always follows another: the page cache's state varies
-        for name in [*writes, "read back"]:
-            seconds = timed(runs[name])
+        for name in [*writes, WHAT[3]]:
+            os.sync()  # the previous repeat's dirty pages are written out first, not throttling this one
+            start = time.perf_counter()
+            runs[name]()
             if repeat:
-                times[name].append(seconds)
+                times[name].append(time.perf_counter() - start)
             shutil.rmtree(plain, ignore_errors=True)
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         shutil.rmtree(root)
@@ -95,43 +88,31 @@ def measure(scale: int, repeats: int, workdir: Path) -> dict:
 
 
 def format_section(results: dict, argv: list[str] | None) -> str:
-    median = {name: statistics.median(values) for name, values in results["times"].items()}
+    times = results["times"]
+    median = {name: statistics.median(values) for name, values in times.items()}
     gb, factor = results["bytes"] / 1e9, results["total"] / results["params"]
-    before, after = median["save_state, model as safetensors"] + median["read back"], median["save_checkpoint"]
-    rows = [
-        ("`save_checkpoint` (sha256 read behind the writers)", "save_checkpoint"),
-        ("`save_state` alone (torch.save: the write, no digest)", "save_state"),
-        ("`save_state` alone, the model as safetensors (the format before)", "save_state, model as safetensors"),
-        ("reading the checkpoint back to hash it (verification at resume)", "read back"),
-    ]
+    before, after = median[WHAT[2]] + median[WHAT[3]], median[WHAT[0]]
     table = [
-        [label, f"{median[key]:.2f}", f"{min(results['times'][key]):.2f}-{max(results['times'][key]):.2f}",
-         f"{gb / median[key]:.2f}"]
-        for label, key in rows
-    ]  # fmt: skip
+        [n, f"{median[n]:.2f}", f"{min(times[n]):.2f}-{max(times[n]):.2f}", f"{gb / median[n]:.2f}"] for n in WHAT
+    ]
     return (
         section_head(SECTION, __file__, argv, "safetensors")
         + f"- State: {results['params']:,} of large-v3's {results['total']:,} parameters (1/{factor:.1f}), fp32, "
         f"with AdamW's two moments: {gb:.2f} GB on disk. Median of {results['repeats']} repeats, each after "
         "`os.sync`; the writes go to the page cache.\n\n"
         + markdown_table(["what", "s (median)", "range", "GB/s"], table)
-        + "\n\nBefore, each save wrote the state (the model as safetensors) and then read all of it back to hash "
-        f"it, every other rank waiting: {before:.2f} s here (the medians' sum). Now the digests are read while the "
-        f"writers write: {after:.2f} s ({after / before:.0%}), about what hashing {gb:.2f} GB takes alone; the write "
-        f"hides behind it. At full size (x{factor:.1f}, ~{gb * factor:.0f} GB) the read-back would add "
-        f"~{median['read back'] * factor:.0f} s to every save on this CPU. Writes to the page cache vary run to run "
-        "on this shared VM (see the ranges); reading back does not.\n"
+        + f"\n\nBefore (the write as safetensors, then the read-back): {before:.2f} s; now {after:.2f} s "
+        f"({after / before:.0%}). At full size (x{factor:.1f}, ~{gb * factor:.0f} GB) the read-back would add "
+        f"~{median[WHAT[3]] * factor:.0f} s to every save.\n"
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--scale", type=int, default=8, help="the state is 1/scale of large-v3's (1: the whole)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, help="scratch folder, emptied afterwards (default: a temporary one)")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+    with tempfile.TemporaryDirectory() as workdir:  # in $TMPDIR
         results = measure(args.scale, args.repeats, Path(workdir))
     publish(format_section(results, argv), args.write_results)
 

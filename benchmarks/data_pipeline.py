@@ -3,19 +3,15 @@
     python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
     python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
 
-On a synthetic corpus in AI Hub's ZIP layout (`kspon_dataset.sample_corpus`, tone voice): the loading script
-streaming with the audio decoded, in one process and through a 2-worker DataLoader; `download_and_prepare` with
-num_proc 1 and 2; the blog route (extract every ZIP, one WAV per utterance, JSON manifests) and the floor under any
-route from the ZIPs; the trainer's own DataLoader with log-mel in the workers (80, 128 mels) or on the GPU. Each phase
-runs in a fresh process (`harness.run_fresh`), offline. The corpus at its real size: `benchmarks/full_scale.py`.
+On a tone-voice corpus in AI Hub's ZIP layout, each phase in a fresh process: streaming (one process, a DataLoader),
+`download_and_prepare` (num_proc 1, 2), the blog route (extract, WAVs, JSON manifests), inflating every member (the
+floor), and the trainer's DataLoader with log-mel in the workers (80, 128 mels) or on the GPU.
 """
 
-import argparse
 import itertools
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -25,21 +21,19 @@ from pathlib import Path
 
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/data_pipeline.py`, the repo packages are not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/data_pipeline.py`
 
-from benchmarks.harness import markdown_table, offline_env, publish, run_fresh, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE, eval_split_of, pcm_samples, utterance_split  # noqa: E402
+from benchmarks.harness import MIB, arguments, markdown_table, offline_env, publish, run_fresh, section_head
+from kspon_dataset.corpus import SAMPLE_RATE, eval_split_of, pcm_samples, utterance_split
 
 SECTION = "## Data pipeline"
 BATCH_SIZE = 16  # the trainer's per_device_batch_size default
 SEED = 42  # the trainer's default seed: the same order as a real first epoch
-MIB = 2**20
+MODES = (("features", 80), ("features", 128), ("waveform", 80))  # the trainer's audio_mode, and log-mel bins
 
 
 def audio_samples(audio) -> int:
-    """Samples of a decoded `audio` value (datasets 3.x: a dict with "array"; >= 4: torchcodec's AudioDecoder), or
-    of its WAV bytes where datasets does not decode (>= 4 without torchcodec: a plain {bytes, path} struct)."""
+    """Samples of an `audio` value: datasets 3's {"array"}, 4's AudioDecoder, or WAV {"bytes"} left undecoded."""
     if not isinstance(audio, dict):
         return audio.get_all_samples().data.shape[-1]
     if "array" in audio:
@@ -55,15 +49,13 @@ def count_rows(rows: list[dict]) -> dict:
 
 
 def timed_pass(batches: Iterable[dict]) -> dict:
-    """One pass over {"n", "samples"} batches, the wait for the first included; `steady` is the same pass from its
-    first batch on, once DataLoader workers have started."""
+    """One pass over {"n", "samples"} batches; `steady`: the same from its first batch on (workers started)."""
     start, first_s, first_n, n, samples = time.perf_counter(), None, 0, 0, 0
     for batch in batches:
         n, samples = n + batch["n"], samples + batch["samples"]
         if first_s is None:
             first_s, first_n = time.perf_counter() - start, n
     seconds = time.perf_counter() - start
-    print(f"    {n:,} examples in {seconds:.2f} s = {n / seconds:,.0f} utt/s", flush=True)
     steady = {"examples": n - first_n, "seconds": seconds - first_s}
     return {"examples": n, "seconds": seconds, "first_s": first_s, "audio_s": samples / SAMPLE_RATE, "steady": steady}
 
@@ -93,25 +85,17 @@ def phase_prepare(spec: dict) -> dict:
     builder = KsponSpeech(config_name="spelling", data_dir=spec["corpus"], cache_dir=spec["cache_dir"])
     start = time.perf_counter()
     builder.download_and_prepare(num_proc=spec["num_proc"])
-    seconds = time.perf_counter() - start
-    splits = {name: split.num_examples for name, split in builder.info.splits.items()}
-    return {
-        "seconds": seconds,
-        "examples": sum(splits.values()),
-        "splits": splits,
-        "bytes": tree_bytes(spec["cache_dir"]),
-    }
+    examples = sum(split.num_examples for split in builder.info.splits.values())
+    return {"seconds": time.perf_counter() - start, "examples": examples, "bytes": tree_bytes(spec["cache_dir"])}
 
 
 def phase_inflate(spec: dict) -> dict:
     """The floor under any route that starts from the ZIPs: inflate every member once and throw it away."""
-    start, members, size = time.perf_counter(), 0, 0
+    start, sizes = time.perf_counter(), []
     for path in sorted(Path(spec["corpus"]).glob("*.zip")):
         with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                size += len(archive.read(info))
-                members += 1
-    return {"seconds": time.perf_counter() - start, "examples": members, "bytes": size}
+            sizes += [len(archive.read(info)) for info in archive.infolist()]
+    return {"seconds": time.perf_counter() - start, "examples": len(sizes), "bytes": sum(sizes)}
 
 
 def phase_unzip(spec: dict) -> dict:
@@ -143,8 +127,7 @@ def phase_unzip(spec: dict) -> dict:
 
 
 def phase_loader(spec: dict) -> dict:
-    """The trainer's training DataLoader, wired as the trainer wires it; samples/s over `timed_batches` after
-    `warmup_batches` that absorb worker start-up."""
+    """The trainer's DataLoader, wired as the trainer wires it; `warmup_batches` absorb worker start-up."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperProcessor
 
     from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher
@@ -161,11 +144,10 @@ def phase_loader(spec: dict) -> dict:
     loader = make_dataloader(train, batcher, batch_size=BATCH_SIZE, num_workers=spec["workers"], **order)
     set_epoch(loader, 0)
     start, batches = time.perf_counter(), iter(loader)
-    skipped = sum(1 for _ in itertools.islice(batches, spec["warmup_batches"]))
+    list(itertools.islice(batches, spec["warmup_batches"]))
     startup_s, start = time.perf_counter() - start, time.perf_counter()
     sizes = [len(batch["id"]) for batch in itertools.islice(batches, spec["timed_batches"])]
     seconds = time.perf_counter() - start
-    print(f"    {sum(sizes):,} samples in {len(sizes)} batches, {seconds:.2f} s, after {skipped} warm-up", flush=True)
     return {"startup_s": startup_s, "batches": len(sizes), "examples": sum(sizes), "seconds": seconds}
 
 
@@ -173,65 +155,21 @@ def tree_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def run_all(args: argparse.Namespace, workdir: Path) -> dict:
-    from kspon_dataset.sample_corpus import write_corpus
-    from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # tools/ is not installed
-
-    corpus, env = workdir / "corpus", offline_env(workdir)
-    print(f"writing a {args.num_utterances:,}-utterance corpus (tone voice) to {corpus} ...", flush=True)
-    start = time.perf_counter()
-    summary = write_corpus(corpus, num_utterances=args.num_utterances, voice="tone", seed=0)
-    info = {"num_utterances": args.num_utterances, "seconds": time.perf_counter() - start}
-    results = {"corpus": info | {"audio_s": summary.audio_seconds, "zip_bytes": summary.total_bytes}, "loader": []}
-
-    def run(name: str, title: str, **spec) -> dict:
-        print(title, flush=True)
-        return run_fresh("data_pipeline", name, {"corpus": str(corpus), **spec}, env)
-
-    dataset = results["dataset"] = {}
-    title = "[stream] load_dataset(streaming=True)['train'], 1 process, audio decoded"
-    dataset["stream"] = run("stream", title, passes=args.passes, workers=0)
-    title = "[stream_dataloader] the same through torch DataLoader, 2 workers, batch 16"
-    dataset["stream_dataloader"] = run("stream", title, passes=args.passes, workers=2)
-    for num_proc in (1, 2):
-        cache_dir = workdir / f"prepared_np{num_proc}"
-        title = f"[prepare] download_and_prepare(num_proc={num_proc}) into a fresh cache {cache_dir}"
-        dataset[f"prepare_np{num_proc}"] = run("prepare", title, num_proc=num_proc, cache_dir=str(cache_dir))
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    title = "[unzip] the blog route: extractall, one WAV per utterance, JSON manifests"
-    dataset["unzip"] = run("unzip", title, out_dir=str(workdir / "unzipped"))
-    shutil.rmtree(workdir / "unzipped", ignore_errors=True)
-    dataset["inflate"] = run("inflate", "[inflate] floor for any route from the ZIPs: read every member, keep nothing")
-    model_dir = str(build_offline_whisper(DEFAULT_OUTPUT_DIR))
-    modes = (("features", 80), ("features", 128), ("waveform", 80))
-    for (audio_mode, n_mels), workers in itertools.product(modes, args.loader_workers):
-        title = f"[loader] {audio_mode}, {n_mels if audio_mode == 'features' else 'no'} mels, {workers} workers"
-        spec = {"model_dir": model_dir, "audio_mode": audio_mode, "n_mels": n_mels, "workers": workers}
-        spec |= {"warmup_batches": max(2, workers), "timed_batches": args.loader_batches}
-        results["loader"].append(spec | run("loader", title, **spec))
-    return results
-
-
-def rate(run: dict) -> float:
-    return run["examples"] / run["seconds"]
-
-
-def rss(phase: dict) -> str:
-    return f"{phase['rss_self_mib']:,.0f} / {phase['rss_tree_mib']:,.0f}"
-
-
 def median_run(runs: list[dict]) -> dict:
-    """The pass with the median time (the lower median for an even count), with how many passes it came from."""
-    seconds = statistics.median_low([run["seconds"] for run in runs])
-    return next(run for run in runs if run["seconds"] == seconds) | {"of": len(runs)}
+    """The pass with the lower median time, with how many passes it came from."""
+    return sorted(runs, key=lambda run: run["seconds"])[(len(runs) - 1) // 2] | {"of": len(runs)}
 
 
-def dataset_report(results: dict) -> list[str]:
-    """The loading script's table, then what it means."""
-    stream, dataloader, unzip, inflate = (results[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
-    warm, loaded = median_run(stream["warm"]), median_run(dataloader["warm"])
-    cores, steady = min(2, os.cpu_count() or 1), loaded["steady"]
-    prepared = [results[f"prepare_np{n}"] for n in (1, 2)]
+def format_section(results: dict, argv: list[str]) -> str:
+    def rate(run: dict) -> float:
+        return run["examples"] / run["seconds"]
+
+    def rss(phase: dict) -> str:
+        return f"{phase['rss_self_mib']:,.0f} / {phase['rss_tree_mib']:,.0f}"
+
+    corpus, loader, phases = results["corpus"], results["loader"], results["dataset"]
+    stream, dataloader, unzip, inflate = (phases[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
+    warm, loaded, cores = median_run(stream["warm"]), median_run(dataloader["warm"]), min(2, os.cpu_count() or 1)
     blog = f"blog route: extract {unzip['extract_s']:.1f} s + WAVs {unzip['wav_s']:.1f} s + manifests "
     blog += f"{unzip['manifest_s']:.1f} s, {unzip['bytes'] / MIB:,.0f} MiB on disk"
     floor = f"floor: inflate all {inflate['examples']:,} ZIP members ({inflate['bytes'] / MIB:,.0f} MiB), no output"
@@ -240,9 +178,9 @@ def dataset_report(results: dict) -> list[str]:
         ("streaming, 1 process, first pass (builds ZIP index, lazy imports)", stream["cold"], 1, stream),
         (f"streaming, 1 process, median of {warm['of']} warm passes", warm, 1, stream),
         (epoch, loaded, cores, dataloader),
-        ("the same epoch from its first batch on (workers running)", steady, cores, dataloader),
+        ("the same epoch from its first batch on (workers running)", loaded["steady"], cores, dataloader),
     ]
-    for n, run in enumerate(prepared, 1):
+    for n, run in ((n, phases[f"prepare_np{n}"]) for n in (1, 2)):
         label = f"download_and_prepare(num_proc={n}), all splits, {run['bytes'] / MIB:,.0f} MiB Arrow"
         rows.append((label, run, min(n, cores), run))
     rows += [(blog, unzip, 1, unzip), (floor, inflate | {"examples": unzip["examples"]}, 1, inflate)]
@@ -251,60 +189,61 @@ def dataset_report(results: dict) -> list[str]:
         + [f"{run['audio_s'] / run['seconds']:,.0f}" if "audio_s" in run else "-", rss(phase)]
         for label, run, n, phase in rows
     ]
-    header = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", "peak RSS MiB main / all"]
-    ratios = "; ".join(f"num_proc={n}: {unzip['seconds'] / r['seconds']:.2f}x" for n, r in enumerate(prepared, 1))
-    lines = [markdown_table(header, table), ""]
-    lines.append(
-        f"- Streaming, 1 process: **{rate(warm):,.0f} utt/s per core** (goal >= 1,000). Through 2 DataLoader "
-        f"workers: {rate(loaded):,.0f} utt/s over a whole epoch ({rate(loaded) / cores:,.0f} per core), "
-        f"{rate(steady):,.0f} utt/s ({rate(steady) / cores:,.0f} per core) once the workers run."
-    )
-    lines.append(
-        f"- Blog route / prepared route: **{ratios}** (goal >= 10x). Any route from the ZIPs must at least inflate "
-        f"them ({inflate['seconds']:.1f} s in one process): a single-process route cannot exceed "
-        f"{unzip['seconds'] / inflate['seconds']:.1f}x here."
-    )
-    lines.append(
-        f"- Streaming needs no preparation: load_dataset returned in {stream['setup_s']:.1f} s and the first decoded "
-        f"example arrived {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call; the blog route needs "
-        f"{unzip['seconds']:.1f} s before its first."
-    )
-    return lines
-
-
-def format_section(results: dict, argv: list[str]) -> str:
-    corpus, loader = results["corpus"], results["loader"]
-    loads = [load for phase in [*results["dataset"].values(), *loader] for load in phase["load_avg"]]
-    rows = [
+    loader_table = [
         [run["audio_mode"], run["n_mels"] if run["audio_mode"] == "features" else "- (on GPU)", run["workers"]]
         + [f"{run['examples']:,} ({run['batches']} batches)", f"{rate(run):,.1f}"]
         + [f"{rate(run) / max(run['workers'], 1):,.1f}", f"{run['startup_s']:.1f}", rss(run)]
         for run in loader
     ]
-    header = ["audio_mode", "mels", "workers", "samples timed", "samples/s", "per worker", "startup s"]
-    head = section_head(SECTION, __file__, argv, "torchdata", "numpy", "pyarrow", "soundfile")
-    head += (
-        f"- Load: the 1-minute load average read {min(loads):.1f} to {max(loads):.1f} at the starts and ends of the "
-        f"phases. Corpus: {corpus['num_utterances']:,} utterances, {corpus['audio_s'] / 3600:.1f} h of tone audio "
+    header = ["phase", "examples timed", "s", "utt/s", "utt/s per core", "audio s/s", "peak RSS MiB main / all"]
+    ratios = "; ".join(f"num_proc={n}: {unzip['seconds'] / phases[f'prepare_np{n}']['seconds']:.2f}x" for n in (1, 2))
+    loader_header = ["audio_mode", "mels", "workers", "samples timed", "samples/s", "per worker", "startup s"]
+    return (
+        section_head(SECTION, __file__, argv, "torchdata", "numpy", "pyarrow", "soundfile")
+        + f"- Corpus: {corpus['num_utterances']:,} utterances, {corpus['audio_s'] / 3600:.1f} h of tone audio "
         f"({corpus['audio_s'] / corpus['num_utterances']:.2f} s per clip), {corpus['zip_bytes'] / MIB:,.0f} MiB of "
-        f"ZIPs, generated in {corpus['seconds']:.0f} s."
+        f"ZIPs, generated in {corpus['seconds']:.0f} s.\n\n### Loading script\n\n{markdown_table(header, table)}\n\n"
+        f"- Blog route / prepared route: {ratios}. Streaming: load_dataset returned in {stream['setup_s']:.1f} s, "
+        f"the first decoded example came {stream['setup_s'] + stream['cold']['first_s']:.1f} s after the call.\n\n"
+        f"### Training DataLoader\n\n{markdown_table([*loader_header, 'peak RSS MiB main / all'], loader_table)}\n"
     )
-    parts = [head, "", "### Loading script", "", *dataset_report(results["dataset"]), "", "### Training DataLoader"]
-    return "\n".join([*parts, "", markdown_table([*header, "peak RSS MiB main / all"], rows)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    from kspon_dataset.sample_corpus import write_corpus
+    from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # tools/ is not installed
+
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--num_utterances", type=int, default=20_000, help="corpus size")
-    parser.add_argument("--workdir", type=Path, help="where the scratch folder goes (default: the system's temp)")
     parser.add_argument("--passes", type=int, default=3, help="timed streaming passes (plus one cold pass)")
     parser.add_argument("--loader_batches", type=int, default=48, help="timed batches per loader configuration")
     workers = sorted({1, 2, os.cpu_count() or 1})  # the trainer's DataLoader is timed with each count
     parser.add_argument("--loader_workers", type=lambda s: sorted({int(n) for n in s.split(",")}), default=workers)
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="kspon-bench-", dir=args.workdir) as workdir:
-        results = run_all(args, Path(workdir).resolve())
+    with tempfile.TemporaryDirectory(prefix="kspon-bench-") as workdir:  # in $TMPDIR
+        workdir = Path(workdir).resolve()
+        corpus, env, start = workdir / "corpus", offline_env(workdir), time.perf_counter()
+        summary = write_corpus(corpus, num_utterances=args.num_utterances, voice="tone", seed=0)
+        info = {"num_utterances": args.num_utterances, "seconds": time.perf_counter() - start}
+        info |= {"audio_s": summary.audio_seconds, "zip_bytes": summary.total_bytes}
+        phases = {  # key: (phase, spec)
+            "stream": ("stream", {"passes": args.passes, "workers": 0}),
+            "stream_dataloader": ("stream", {"passes": args.passes, "workers": 2}),
+            **{f"prepare_np{n}": ("prepare", {"num_proc": n, "cache_dir": str(workdir / f"np{n}")}) for n in (1, 2)},
+            "unzip": ("unzip", {"out_dir": str(workdir / "unzipped")}),
+            "inflate": ("inflate", {}),
+        }
+        results = {"corpus": info, "dataset": {}, "loader": []}
+        for key, (phase, spec) in phases.items():
+            print(f"[{key}] {spec}", flush=True)
+            results["dataset"][key] = run_fresh("data_pipeline", phase, {"corpus": str(corpus), **spec}, env)
+            shutil.rmtree(spec.get("cache_dir") or spec.get("out_dir") or workdir / "none", ignore_errors=True)
+        model_dir = str(build_offline_whisper(DEFAULT_OUTPUT_DIR))
+        for (audio_mode, n_mels), workers in itertools.product(MODES, args.loader_workers):
+            spec = {"corpus": str(corpus), "model_dir": model_dir, "audio_mode": audio_mode, "n_mels": n_mels}
+            spec |= {"workers": workers, "warmup_batches": max(2, workers), "timed_batches": args.loader_batches}
+            print(f"[loader] {audio_mode}, {n_mels} mels, {workers} workers", flush=True)
+            results["loader"].append(spec | run_fresh("data_pipeline", "loader", spec, env))
     publish(format_section(results, argv), args.write_results)
     return results
 

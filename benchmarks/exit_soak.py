@@ -2,28 +2,21 @@
 
     python benchmarks/exit_soak.py --runs 20   # ~15 min on 2 cores
 
-Each run is tests/test_two_process.py's kind of command: `accelerate launch --multi_gpu --num_processes 2` with
-ACCELERATE_USE_CPU=true, `train_accelerate.py` on a tiny random Whisper and the 60-utterance tone corpus (built in a
-temporary folder, as the tests build them), alternating a streaming run (`--max_steps 7`) and a map-style one
-(`--num_epochs 1`). A run must exit 0 within --timeout_s; past it, it counts as a hang, its whole process tree gets
-SIGABRT (Python prints every thread's stack into the log), then SIGKILL, and the end of its log is printed.
+Two CPU processes train a tiny random Whisper on a 60-utterance corpus, streaming and map-style in turn. A run past
+--timeout_s is a hang: its tree gets SIGABRT (Python prints every thread's stack into the log), then SIGKILL.
 """
 
-from __future__ import annotations
-
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/exit_soak.py`
 
-from benchmarks.harness import machine_line, run_process  # noqa: E402
-from kspon_dataset.sample_corpus import write_corpus  # noqa: E402
-from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
-from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # noqa: E402
+from benchmarks.harness import machine_line, offline_env, run_process
+from kspon_dataset.sample_corpus import write_corpus
+from kspon_whisper.random_whisper import save_random_whisper
+from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
 LAUNCH += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
@@ -40,9 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--timeout_s", type=float, default=240.0, help="the two-process test's own timeout")
-    parser.add_argument("--mode", choices=[*DATA_ARGS, "both"], default="both", help="alternate both by default")
     args = parser.parse_args(argv)
-    modes = list(DATA_ARGS) if args.mode == "both" else [args.mode]
+    modes = list(DATA_ARGS)  # in turn
     print(f"{args.runs} two-process runs ({', '.join(modes)})\n{machine_line('accelerate')}", flush=True)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="exit-soak-") as work:
@@ -50,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = save_random_whisper("test", build_offline_whisper(DEFAULT_OUTPUT_DIR), work / "tiny_whisper")
         corpus = work / "tone_corpus"
         write_corpus(corpus, num_utterances=60, voice="tone", seed=0)
-        env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-        env |= {"HF_DATASETS_CACHE": str(work / "datasets"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+        env = offline_env(work, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
         for run in range(args.runs):
             mode, log_path = modes[run % len(modes)], work / f"run{run}.log"
             command = [*LAUNCH, "train_accelerate.py", *DATA_ARGS[mode], *TRAIN, "--model_name_or_path"]

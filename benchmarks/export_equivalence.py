@@ -3,14 +3,10 @@
     python benchmarks/export_equivalence.py --write_results          # Whisper base, 21 clips, ~10 min on 2 cores
     python benchmarks/export_equivalence.py --model_dir runs/ko-large-v3 --splits eval_clean --data_dir /data/Kspon
 
-Each quantization, exported with `export_ct2`, decodes every clip greedily in Korean without timestamps (the
-trainer's evaluation settings), one clip at a time, against Transformers in float32: `ctranslate2.models.Whisper` on
-the same log-mel and prompt, and faster-whisper on the audio (padded to 30 s, and as is). Compared exactly and by CER.
+Each quantization decodes every clip (greedy, one at a time) in CTranslate2 on Transformers' log-mel and prompt, and
+in faster-whisper on the audio (padded to 30 s, and as is), compared with Transformers in float32.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 import tempfile
 import time
@@ -23,32 +19,23 @@ import torch
 from faster_whisper import WhisperModel
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/export_equivalence.py`, the repo need not be installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/export_equivalence.py`
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE as SAMPLING_RATE  # noqa: E402
-from kspon_whisper.audio import read_audio, to_dtype  # noqa: E402
-from kspon_whisper.export import QUANTIZATIONS, export_ct2  # noqa: E402
-from kspon_whisper.inference import LANGUAGE, MAX_NEW_TOKENS, TASK  # noqa: E402
-from kspon_whisper.metrics import loop_reason, score  # noqa: E402
-from tools.offline_whisper import DEFAULT_OUTPUT_DIR  # noqa: E402
-from tools.sample_audio import SAMPLE, sample_clips  # noqa: E402
+from benchmarks.harness import REPO, arguments, markdown_table, publish, section_head
+from kspon_dataset.corpus import SAMPLE_RATE as SAMPLING_RATE
+from kspon_whisper.audio import read_audio, to_dtype
+from kspon_whisper.export import QUANTIZATIONS, export_ct2
+from kspon_whisper.inference import LANGUAGE, MAX_NEW_TOKENS, TASK
+from kspon_whisper.metrics import loop_reason, score
+from tools.offline_whisper import DEFAULT_OUTPUT_DIR
+from tools.sample_audio import SAMPLE, sample_clips
 
 SECTION = "## faster-whisper export: equivalence and speed"
-WHISPER_WINDOW_S = 30
 WAV_CLIPS = {  # tests/data, espeak-ng (see its README)
     "ko_greeting": "안녕하세요 반갑습니다",
     "ko_weather": "오늘 날씨가 정말 좋네요",
     "ko_meeting": "내일 회의는 세 시에 시작합니다",
 }
-
-
-@dataclass
-class Clip:
-    id: str
-    audio: np.ndarray  # float32 in [-1, 1], 16 kHz
-    reference: str
 
 
 @dataclass
@@ -58,10 +45,10 @@ class Decoded:
     seconds: float
 
 
-def read_clips(data_dir: Path, splits: list[str]) -> list[Clip]:
-    wavs = [(name, read_audio(REPO / "tests" / "data" / f"{name}.wav"), text) for name, text in WAV_CLIPS.items()]
-    corpus = sample_clips(splits, data_dir=data_dir).items()
-    return [Clip(*clip) for clip in wavs] + [Clip(uid, to_dtype(pcm, "float32"), text) for uid, (text, pcm) in corpus]
+def read_clips(data_dir: Path, splits: list[str]) -> list[tuple[np.ndarray, str]]:
+    """(float32 audio, reference) of tests/data's WAVs, then of the corpus's clips in `splits`."""
+    wavs = [(read_audio(REPO / "tests" / "data" / f"{name}.wav"), text) for name, text in WAV_CLIPS.items()]
+    return wavs + [(to_dtype(pcm, "float32"), text) for text, pcm in sample_clips(splits, data_dir=data_dir).values()]
 
 
 def prompt_ids(processor: WhisperProcessor) -> list[int]:
@@ -69,65 +56,49 @@ def prompt_ids(processor: WhisperProcessor) -> list[int]:
     return processor.tokenizer.convert_tokens_to_ids(tokens)
 
 
-def features(processor: WhisperProcessor, clip: Clip) -> np.ndarray:
-    return processor.feature_extractor(clip.audio, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features
+def features(processor: WhisperProcessor, audio: np.ndarray) -> np.ndarray:
+    return processor.feature_extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features
 
 
-def hf_decode(model_dir: Path, clips: list[Clip]) -> Decoded:
+def hf_decode(model_dir: Path, clips: list) -> Decoded:
     processor = WhisperProcessor.from_pretrained(model_dir)
     model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     prompt, eot = prompt_ids(processor), processor.tokenizer.eos_token_id
+    settings = {"language": LANGUAGE, "task": TASK, "num_beams": 1, "do_sample": False}
     tokens, start = [], time.perf_counter()
-    for clip in clips:
-        settings = {"language": LANGUAGE, "task": TASK, "num_beams": 1, "do_sample": False}
+    for audio, _ in clips:
         with torch.inference_mode():
-            out = model.generate(
-                torch.from_numpy(features(processor, clip)), max_new_tokens=MAX_NEW_TOKENS, **settings
-            )
-        out = out[0].tolist()
+            log_mel = torch.from_numpy(features(processor, audio))
+            out = model.generate(log_mel, max_new_tokens=MAX_NEW_TOKENS, **settings)[0].tolist()
         out = out[len(prompt) :] if out[: len(prompt)] == prompt else out  # versions differ on echoing the prompt
         tokens.append([token for token in out if token != eot])
     return Decoded(_texts(processor, tokens), tokens, time.perf_counter() - start)
 
 
-def ct2_decode(export_dir: Path, processor, clips: list[Clip], threads: int, compute_type="default") -> Decoded:
+def ct2_decode(export_dir: Path, processor, clips: list, threads: int, compute_type="default") -> Decoded:
     """`ctranslate2.models.Whisper` on Transformers' log-mel and prompt: any difference is the model's."""
     model = ctranslate2.models.Whisper(str(export_dir), device="cpu", compute_type=compute_type, intra_threads=threads)
     prompt, tokens, start = prompt_ids(processor), [], time.perf_counter()
-    for clip in clips:
-        (result,) = model.generate(
-            ctranslate2.StorageView.from_array(features(processor, clip)),
-            [prompt],
-            beam_size=1,
-            max_length=len(prompt) + MAX_NEW_TOKENS,
-            suppress_blank=True,  # Transformers' begin_suppress_tokens
-            suppress_tokens=[-1],  # config.json's suppress_ids, Transformers' suppress_tokens
-        )
+    for audio, _ in clips:
+        # suppress_blank: Transformers' begin_suppress_tokens; [-1]: config.json's suppress_ids, its suppress_tokens
+        options = {"beam_size": 1, "max_length": len(prompt) + MAX_NEW_TOKENS, "suppress_blank": True}
+        view = ctranslate2.StorageView.from_array(features(processor, audio))
+        (result,) = model.generate(view, [prompt], suppress_tokens=[-1], **options)
         tokens.append(result.sequences_ids[0])
     return Decoded(_texts(processor, tokens), tokens, time.perf_counter() - start)
 
 
-def faster_whisper_decode(export_dir: Path, clips: list[Clip], threads: int, pad: bool = True) -> Decoded:
-    """faster-whisper as a user calls it, with the thresholds that would re-decode or drop a segment turned off.
-    `pad`: the audio padded to Whisper's 30 s window, so that its log-mel equals Transformers' (to 3e-5). Unpadded,
-    it pads the log-mel itself as openai/whisper does (zeros after the speech, where Transformers puts the log-mel of
-    silence): a different input, which changes uncertain tokens."""
+def faster_whisper_decode(export_dir: Path, clips: list, threads: int, pad: bool = True) -> Decoded:
+    """faster-whisper as a user calls it, the thresholds that re-decode or drop a segment off. `pad`: the audio padded
+    to 30 s, so that its log-mel equals Transformers' (to 3e-5); unpadded, faster-whisper zero-pads the log-mel."""
     model = WhisperModel(str(export_dir), device="cpu", compute_type="default", cpu_threads=threads)
-    off = {"compression_ratio_threshold": None, "log_prob_threshold": None, "no_speech_threshold": None}
+    options = {"compression_ratio_threshold": None, "log_prob_threshold": None, "no_speech_threshold": None}
+    options |= {"beam_size": 1, "temperature": 0.0, "without_timestamps": True, "max_new_tokens": MAX_NEW_TOKENS}
+    options |= {"language": LANGUAGE, "task": TASK, "condition_on_previous_text": False}
     texts, tokens, start = [], [], time.perf_counter()
-    for clip in clips:
-        audio = np.pad(clip.audio, (0, WHISPER_WINDOW_S * SAMPLING_RATE - len(clip.audio))) if pad else clip.audio
-        segments, _ = model.transcribe(
-            audio,
-            language=LANGUAGE,
-            task=TASK,
-            beam_size=1,
-            temperature=0.0,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            max_new_tokens=MAX_NEW_TOKENS,
-            **off,
-        )
+    for audio, _ in clips:
+        audio = np.pad(audio, (0, 30 * SAMPLING_RATE - len(audio))) if pad else audio
+        segments, _ = model.transcribe(audio, **options)
         segments = list(segments)  # a generator: decoding happens here
         texts.append("".join(segment.text for segment in segments).strip())
         tokens.append([token for segment in segments for token in segment.tokens])
@@ -138,99 +109,65 @@ def _texts(processor: WhisperProcessor, tokens: list[list[int]]) -> list[str]:
     return [processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in tokens]
 
 
-def compare(reference: Decoded, other: Decoded, clips: list[Clip]) -> dict:
-    return {
-        "identical": sum(a == b for a, b in zip(reference.texts, other.texts, strict=True)),
-        "cer_vs_hf": score(reference.texts, other.texts)["cer"],
-        **summary(other, clips),
-    }
+def summary(decoded: Decoded, clips: list) -> list:
+    """CER against the references, loops, tokens."""
+    references, texts = [reference for _, reference in clips], decoded.texts
+    loops = sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, texts, strict=True))
+    return [f"{score(references, texts)['cer']:.3f}", loops, sum(map(len, decoded.tokens))]
 
 
-def summary(decoded: Decoded, clips: list[Clip]) -> dict:
-    references = [clip.reference for clip in clips]
-    return {
-        "cer_vs_references": score(references, decoded.texts)["cer"],
-        "loops": sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, decoded.texts, strict=True)),
-        "tokens": sum(map(len, decoded.tokens)),
-        "seconds": decoded.seconds,
-    }
-
-
-def folder_mib(folder: Path) -> float:
-    return sum(path.stat().st_size for path in folder.iterdir()) / 2**20
-
-
-def run(model_dir: Path, clips: list[Clip], quantizations: list[str], threads: int, workdir: Path) -> dict:
+def run(model_dir: Path, clips: list, quantizations: list[str], threads: int, workdir: Path) -> tuple:
+    """Transformers' decode (the reference), and a table row per export and decoder."""
     torch.set_num_threads(threads)
     processor = WhisperProcessor.from_pretrained(model_dir)
-    hf = hf_decode(model_dir, clips)
-    results = {"hf": summary(hf, clips)}
+    hf, rows = hf_decode(model_dir, clips), []
     for quantization in quantizations:
         start = time.perf_counter()
         export_dir = export_ct2(model_dir, workdir / f"ct2-{quantization}", quantization, overwrite=True)
-        export_s = time.perf_counter() - start
+        export_s, mib = time.perf_counter() - start, sum(path.stat().st_size for path in export_dir.iterdir()) / 2**20
         decoders = {
-            "ct2": ct2_decode(export_dir, processor, clips, threads),
-            "faster_whisper": faster_whisper_decode(export_dir, clips, threads),
-            "faster_whisper_raw": faster_whisper_decode(export_dir, clips, threads, pad=False),
+            "ctranslate2, HF log-mel": ct2_decode(export_dir, processor, clips, threads),
+            "faster-whisper, audio padded to 30 s": faster_whisper_decode(export_dir, clips, threads),
+            "faster-whisper, audio as is": faster_whisper_decode(export_dir, clips, threads, pad=False),
         }
         if quantization == "float32":  # int8 from the converter, or float32 weights quantized when loaded?
-            decoders["ct2_int8_at_load"] = ct2_decode(export_dir, processor, clips, threads, compute_type="int8")
-        results[quantization] = {
-            "export_s": export_s,
-            "mib": folder_mib(export_dir),
-            "compute_type": ctranslate2.models.Whisper(str(export_dir), device="cpu").compute_type,
-            "decoders": {name: compare(hf, decoded, clips) for name, decoded in decoders.items()},
-        }
-    return results
+            at_load = ct2_decode(export_dir, processor, clips, threads, compute_type="int8")
+            decoders["ctranslate2, HF log-mel, loaded with compute_type int8"] = at_load
+        compute_type = ctranslate2.models.Whisper(str(export_dir), device="cpu").compute_type
+        for name, decoded in decoders.items():
+            same = sum(a == b for a, b in zip(hf.texts, decoded.texts, strict=True))
+            rows.append([quantization, f"{mib:.0f}", f"{export_s:.1f}", compute_type, name, f"{same}/{len(clips)}"])
+            rows[-1] += [f"{score(hf.texts, decoded.texts)['cer']:.4f}", *summary(decoded, clips)]
+            rows[-1] += [f"{decoded.seconds:.1f}", f"{hf.seconds / decoded.seconds:.1f}x"]
+    return hf, rows
 
 
-DECODERS = {
-    "ct2": "ctranslate2, HF log-mel",
-    "faster_whisper": "faster-whisper, audio padded to 30 s",
-    "faster_whisper_raw": "faster-whisper, audio as is",
-    "ct2_int8_at_load": "ctranslate2, HF log-mel, loaded with compute_type int8",
-}
-HEADER = ["export", "folder MiB", "export s", "CPU compute type", "decoder", "identical to HF", "CER vs HF"]
-HEADER += ["CER vs refs", "loops", "tokens", "decode s", "speed vs HF"]
-
-
-def format_section(results: dict, clips: list[Clip], model_dir: Path, argv: list[str] | None, threads: int) -> str:
-    hf, wavs = results["hf"], sum(clip.id in WAV_CLIPS for clip in clips)
-    lines = [section_head(SECTION, __file__, argv, "ctranslate2", "faster-whisper").rstrip("\n")]
-    lines.append(
-        f"- Model: `{model_dir.name}`; {len(clips)} clips ({wavs} from tests/data, {len(clips) - wavs} from the "
-        f"corpus), {sum(len(c.audio) for c in clips) / SAMPLING_RATE:.0f} s of speech. Greedy, Korean, no timestamps, "
-        f"at most {MAX_NEW_TOKENS} new tokens, one clip at a time, {threads} threads for every decoder."
+def format_section(hf: Decoded, rows: list, clips: list, args, argv: list[str] | None) -> str:
+    header = ["export", "folder MiB", "export s", "CPU compute type", "decoder", "identical to HF", "CER vs HF"]
+    header += ["CER vs refs", "loops", "tokens", "decode s", "speed vs HF"]
+    wavs, (cer, loops, tokens) = len(WAV_CLIPS), summary(hf, clips)
+    return (
+        section_head(SECTION, __file__, argv, "ctranslate2", "faster-whisper")
+        + f"- Model: `{args.model_dir.name}`; {len(clips)} clips ({wavs} from tests/data, {len(clips) - wavs} from "
+        f"the corpus), {sum(len(audio) for audio, _ in clips) / SAMPLING_RATE:.0f} s of speech. Greedy, Korean, no "
+        f"timestamps, at most {MAX_NEW_TOKENS} new tokens, one clip at a time, {args.threads} threads per decoder.\n"
+        f"- Transformers float32 (the reference decoder): CER {cer} against the references, {loops} loops, {tokens} "
+        f"tokens in {hf.seconds:.1f} s.\n\n" + markdown_table(header, rows) + "\n"
     )
-    lines.append(
-        f"- Transformers float32 (the reference decoder): CER {hf['cer_vs_references']:.3f} against the "
-        f"references, {hf['loops']} loops, {hf['tokens']} tokens in {hf['seconds']:.1f} s."
-    )
-    rows = [
-        [quantization, f"{r['mib']:.0f}", f"{r['export_s']:.1f}", r["compute_type"], DECODERS[decoder]]
-        + [f"{d['identical']}/{len(clips)}", f"{d['cer_vs_hf']:.4f}", f"{d['cer_vs_references']:.3f}", d["loops"]]
-        + [d["tokens"], f"{d['seconds']:.1f}", f"{hf['seconds'] / d['seconds']:.1f}x"]
-        for quantization in QUANTIZATIONS
-        if (r := results.get(quantization))
-        for decoder, d in r["decoders"].items()
-    ]
-    return "\n".join([*lines, "", markdown_table(HEADER, rows)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--model_dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="default: the offline base")
     parser.add_argument("--data_dir", type=Path, default=SAMPLE)
     parser.add_argument("--splits", nargs="+", default=["validation", "test"])
     parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS), choices=QUANTIZATIONS)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     clips = read_clips(args.data_dir, args.splits)
     with tempfile.TemporaryDirectory(prefix="export_equivalence-") as workdir:
-        results = run(args.model_dir, clips, args.quantizations, args.threads, Path(workdir))
-    publish(format_section(results, clips, args.model_dir, argv, args.threads), args.write_results)
+        hf, rows = run(args.model_dir, clips, args.quantizations, args.threads, Path(workdir))
+    publish(format_section(hf, rows, clips, args, argv), args.write_results)
 
 
 if __name__ == "__main__":

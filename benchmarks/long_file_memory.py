@@ -2,14 +2,10 @@
 
     python benchmarks/long_file_memory.py --minutes 30 --write_results   # ~2 min on 2 cores, 320 MB of /tmp
 
-`transcribe.py` decodes noise files of `--minutes` and of 12 s, each in its own process (peak RSS from `wait4`),
-with a 2-layer random Whisper and 4 new tokens per window, so the audio path is what is measured: the reader, the
-batch and the log-mel of the whole file. Also `read_audio` alone, under tracemalloc.
+`transcribe.py` with a 2-layer random Whisper and 4 new tokens per window (so the audio path is what is measured) on
+noise files of `--minutes` and of 12 s, each in its own process (peak RSS by `wait4`); `read_audio` in tracemalloc.
 """
 
-from __future__ import annotations
-
-import argparse
 import os
 import subprocess
 import sys
@@ -21,28 +17,24 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/long_file_memory.py`
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
-from kspon_whisper.audio import read_audio  # noqa: E402
-from kspon_whisper.random_whisper import save_random_whisper  # noqa: E402
+from benchmarks.harness import REPO, arguments, markdown_table, publish, section_head
+from kspon_dataset.corpus import SAMPLE_RATE
+from kspon_whisper.audio import read_audio
+from kspon_whisper.random_whisper import save_random_whisper
 
 SECTION = "## Memory of a long file in transcribe.py"
 SOURCE_RATE = 44_100
 
 
-def write_noise(path: Path, seconds: int) -> None:
-    """Quiet stereo noise, written a second at a time (the benchmark itself must not hold the file)."""
+def transcribe_peak(model_dir: Path, audio: Path, seconds: int) -> tuple[float, float]:
+    """(peak resident MB, seconds) of one transcribe.py process on `seconds` of quiet stereo noise, written a second
+    at a time (the benchmark itself must not hold the file)."""
     rng = np.random.default_rng(0)
-    with soundfile.SoundFile(path, "w", SOURCE_RATE, 2, subtype="PCM_16") as f:
+    with soundfile.SoundFile(audio, "w", SOURCE_RATE, 2, subtype="PCM_16") as f:
         for _ in range(seconds):
             f.write((0.1 * rng.standard_normal((SOURCE_RATE, 2))).astype(np.float32))
-
-
-def transcribe_peak(model_dir: Path, audio: Path) -> tuple[float, float]:
-    """(peak resident MB, seconds) of one transcribe.py process."""
     command = [sys.executable, str(REPO / "transcribe.py"), "--model", str(model_dir), "--max_new_tokens", "4"]
     start = time.perf_counter()
     process = subprocess.Popen([*command, str(audio)], cwd=REPO, stdout=subprocess.DEVNULL)
@@ -52,37 +44,28 @@ def transcribe_peak(model_dir: Path, audio: Path) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, time.perf_counter() - start  # ru_maxrss is in KiB on Linux
 
 
-def read_peak(audio: Path) -> tuple[float, float]:
-    """(traced peak MB, result MB) of read_audio."""
-    tracemalloc.start()
-    try:
-        samples = read_audio(audio)
-        return tracemalloc.get_traced_memory()[1] / 2**20, samples.nbytes / 2**20
-    finally:
-        tracemalloc.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--minutes", type=int, default=30)
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = save_random_whisper("test", REPO / "models" / "whisper-base", tmp / "model")
-        short, long = tmp / "short.wav", tmp / "long.wav"
-        write_noise(short, 12)
-        write_noise(long, args.minutes * 60)
-        short_mb, short_s = transcribe_peak(model_dir, short)
-        long_mb, long_s = transcribe_peak(model_dir, long)
-        traced_mb, samples_mb = read_peak(long)
-    waveform_mb = args.minutes * 60 * SAMPLE_RATE * 4 / 2**20
-    extra_mb = long_mb - short_mb
+        short_mb, short_s = transcribe_peak(model_dir, tmp / "short.wav", 12)
+        long_mb, long_s = transcribe_peak(model_dir, tmp / "long.wav", args.minutes * 60)
+        tracemalloc.start()
+        samples_mb = read_audio(tmp / "long.wav").nbytes / 2**20
+        traced_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    waveform_mb, extra_mb = args.minutes * 60 * SAMPLE_RATE * 4 / 2**20, long_mb - short_mb
     difference = f"{extra_mb:,.0f} MiB = {extra_mb / waveform_mb:.1f} x the {waveform_mb:,.0f} MiB 16 kHz waveform"
     reader = f"`read_audio` alone on the {args.minutes}-minute file: traced peak {traced_mb:,.0f} MiB for a "
     reader += f"{samples_mb:,.0f} MiB result.\n"
-    rows = [["12 s, 44.1 kHz stereo", f"{short_mb:,.0f} MiB", f"{short_s:.0f} s"], ["the difference", difference, ""]]
-    rows.insert(1, [f"{args.minutes} min, 44.1 kHz stereo", f"{long_mb:,.0f} MiB", f"{long_s:.0f} s"])
+    rows = [["12 s, 44.1 kHz stereo", f"{short_mb:,.0f} MiB", f"{short_s:.0f} s"]]
+    rows += [
+        [f"{args.minutes} min, 44.1 kHz stereo", f"{long_mb:,.0f} MiB", f"{long_s:.0f} s"],
+        ["the difference", difference, ""],
+    ]
     table = markdown_table(["transcribe.py on", "peak resident memory", "time"], rows)
     publish(f"{section_head(SECTION, __file__, argv)}\n{table}\n\n{reader}", args.write_results)
 

@@ -2,28 +2,22 @@
 
     OMP_NUM_THREADS=1 python benchmarks/long_form.py --write_results   # ~4 min on a busy 2-core CPU
 
-tools/sample_audio.py's long file (24 sample clips, one across the 30 s mark; tests/test_long_form.py decodes it too)
-through the untouched Whisper base, greedy: each clip alone (the reference for the straddling clip), then the file in
-long form (`Transcriber`) with the default fallback settings and with the rules this voice trips turned off. CER
-against the references, the straddling clip's own hypothesis found in each transcript (`substring_cer`), segments.
+tools/sample_audio.py's 24 clips (one across 30 s) through Whisper base: each alone, then the file in long form with
+the default fallbacks and with those this voice trips off; CER, and the straddling clip's text in each transcript.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/long_form.py`
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
-from kspon_whisper.inference import GenerationSettings, Transcriber, load_model  # noqa: E402
-from kspon_whisper.metrics import score  # noqa: E402
-from tools.sample_audio import LONG_CLIPS, PAUSE_S, STRADDLER, build_long_audio, sample_clips, substring_cer  # noqa: E402
+from benchmarks.harness import REPO, arguments, markdown_table, publish, section_head
+from kspon_whisper.inference import GenerationSettings, Transcriber, load_model
+from kspon_whisper.metrics import score
+from tools.sample_audio import LONG_CLIPS, PAUSE_S, STRADDLER, build_long_audio, sample_clips, substring_cer
 
 SECTION = "## Long-form transcription"
 # The untouched base is unsure of this voice (mean log-probability below -1), so the log-probability rule resamples
@@ -31,10 +25,9 @@ SECTION = "## Long-form transcription"
 LONG_FORM_VARIANTS = {
     "long form, default settings": {},
     "long form, no_speech_threshold off": {"no_speech_threshold": None},
-    "long form, logprob_threshold and no_speech_threshold off (the test)": {
-        "logprob_threshold": None,
-        "no_speech_threshold": None,
-    },
+    "long form, logprob_threshold and no_speech_threshold off (the test)": dict.fromkeys(
+        ["logprob_threshold", "no_speech_threshold"]
+    ),
 }
 
 
@@ -69,9 +62,7 @@ def measure(model_dir: str, device: str) -> dict:
 def report(measured: dict, argv: list[str] | None, device: str) -> str:
     audio, clip = measured["audio"], measured["audio"].straddler()
     header = ["decoding", "CER vs the references", "straddling clip's own hypothesis in it (substring CER)", "seconds"]
-    rows = [
-        [name, f"{cer:.3f}", f"{found:.3f}", f"{seconds:.1f}"] for name, cer, found, seconds, _ in measured["rows"]
-    ]
+    rows = [[name, f"{cer:.3f}", f"{found:.3f}", f"{time_s:.1f}"] for name, cer, found, time_s, _ in measured["rows"]]
     lines = [section_head(SECTION, __file__, argv, device=f"device {device}").rstrip("\n")]
     lines.append(
         f"- Audio: {len(audio.clips)} sample-corpus clips, {audio.duration:.1f} s, {PAUSE_S} s pauses; "
@@ -86,10 +77,9 @@ def report(measured: dict, argv: list[str] | None, device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--model", default=str(REPO / "models" / "whisper-base"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     measured = measure(args.model, args.device)
     for name, *_, text in measured["rows"]:

@@ -1,7 +1,5 @@
 """The `## GPU check: the training loop` section of RESULTS.md, from a gpu_check.sh loop run's log and outputs."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import re
@@ -19,32 +17,18 @@ def section(loop_dir: Path, log: str, seconds: int, config: str) -> str:
     # progress bar's text can land in front of a log line (each line itself is one write, whole).
     steps = re.findall(r"(step \d+ \| loss .*)$", log, flags=re.MULTILINE)
     evals = re.findall(r"(eval \S+ @ step \d+ \|.*)$", log, flags=re.MULTILINE)
-    precision = next(iter(re.findall(r"\| mixed precision (\S+) \|", log)), "unknown")
-    lines = [
-        HEADING,
-        "",
-        (
-            f"- `benchmarks/gpu_check.sh`, phase 2: `accelerate launch --config_file {config} train_accelerate.py` "
-            f"for 2 steps on the embedded sample corpus (mixed precision {precision}), then the final save and "
-            "evaluation."
-        ),
-        machine_line(device=device()),
-        f"- Wall time of the launch: {seconds} s (model load, 2 steps, checkpoint, save, evaluation).",
-        "",
-        "```",
-        *steps,
-        *evals,
-        "```",
-        "",
-        (
-            f"- Training: {metrics['train']}; test CER {metrics['test']['cer']:.4f} over "
-            f"{metrics['test']['num_scored']} utterances (after 2 steps: this shows that the loop runs end to end, "
-            "not what the model is worth)."
-        ),
-    ]
     if not steps or not evals:
         raise ValueError(f"no step or eval lines in the loop's log; the run did not complete:\n{log[-3000:]}")
-    return "\n".join(lines)
+    precision = next(iter(re.findall(r"\| mixed precision (\S+) \|", log)), "unknown")
+    block = "\n".join(["```", *steps, *evals, "```"])
+    return (
+        f"{HEADING}\n\n- `benchmarks/gpu_check.sh`, phase 2: `accelerate launch --config_file {config} "
+        f"train_accelerate.py` for 2 steps on the embedded sample corpus (mixed precision {precision}), then the "
+        f"final save and evaluation.\n{machine_line(device=device())}\n- Wall time of the launch: {seconds} s (model "
+        f"load, 2 steps, checkpoint, save, evaluation).\n\n{block}\n\n- Training: {metrics['train']}; test CER "
+        f"{metrics['test']['cer']:.4f} over {metrics['test']['num_scored']} utterances (after 2 steps: this shows "
+        "that the loop runs end to end, not what the model is worth)."
+    )
 
 
 def main(argv: list[str] | None = None) -> str:

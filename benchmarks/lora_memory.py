@@ -2,16 +2,12 @@
 
     python benchmarks/lora_memory.py --write_results
 
-Parameters and bytes: the large-v3 config on the meta device, with the adapters `--lora_rank` adds (fp32 weights and
-gradients, AdamW's two fp32 moments for what trains). Activations: the tensors autograd saves (deduplicated by
-storage) in one bf16-autocast forward of a model of large-v3's width with one layer per stack, at batch 1 and 2 (the
-difference is per sample), times 32 layers; bf16 copies of weights apart; with checkpointing, assembled from the
-counts (an estimate). Then the largest batch for 24, 48 and 80 GB cards, 10 % of the card kept free (assumed).
+Parameters from the config on the meta device; activations from what autograd saves in a bf16 forward of one layer per
+stack at batch 1 and 2, times 32 (checkpointed: estimated); then the largest batch for 24, 48 and 80 GB cards.
 """
 
-from __future__ import annotations
-
-import argparse
+import functools
+import itertools
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,7 +18,7 @@ from transformers import WhisperForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/lora_memory.py`
 
-from benchmarks.harness import markdown_table, publish, section_head
+from benchmarks.harness import arguments, markdown_table, publish, section_head
 from kspon_whisper.lora import add_lora
 from kspon_whisper.random_whisper import ARCHITECTURES, whisper_config
 from train_accelerate import TrainConfig
@@ -60,16 +56,11 @@ SETUPS = [Setup(0)] + [Setup(rank, mlp) for mlp in (False, True) for rank in (8,
 def parameter_bytes(setup: Setup) -> dict[str, float]:
     with torch.device("meta"):
         model = setup.build()
-    parameters = list(model.parameters())
-    total = sum(p.numel() for p in parameters)
-    trainable = sum(p.numel() for p in parameters if p.requires_grad)
-    return {
-        "total": total,
-        "trainable": trainable,
-        "weights": 4 * total,  # fp32 master weights (autocast computes in bf16 from them)
-        "gradients": 4 * trainable,
-        "adamw": 8 * trainable,  # exp_avg and exp_avg_sq, fp32
-    }
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # fp32 master weights (autocast computes in bf16 from them), fp32 gradients, AdamW's exp_avg and exp_avg_sq
+    sizes = {"weights": 4 * total, "gradients": 4 * trainable, "adamw": 8 * trainable}
+    return {"total": total, "trainable": trainable, **sizes}
 
 
 def saved_bytes(setup: Setup, batch: int, label_tokens: int) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
@@ -83,16 +74,13 @@ def saved_bytes(setup: Setup, batch: int, label_tokens: int) -> tuple[dict[tuple
         bf16_weights[2 * p.numel()].append(p.detach().to(torch.bfloat16).reshape(-1))
     region, layer_inputs = ["outside the layers"], {}
 
-    def enter(name):
-        def hook(module, args, kwargs):
-            region[0] = name
-            layer_inputs[name] = (args[0] if args else kwargs["hidden_states"]).nbytes
-
-        return hook
+    def enter(name, module, args, kwargs):
+        region[0] = name
+        layer_inputs[name] = (args[0] if args else kwargs["hidden_states"]).nbytes
 
     for name, layers in (("encoder layer", base.model.encoder.layers), ("decoder layer", base.model.decoder.layers)):
         layer = layers[0]
-        layer.register_forward_pre_hook(enter(name), with_kwargs=True)
+        layer.register_forward_pre_hook(functools.partial(enter, name), with_kwargs=True)
         layer.register_forward_hook(lambda *_: region.__setitem__(0, "outside the layers"))
     seen, tally, kept = set(), defaultdict(int), []
 
@@ -148,35 +136,27 @@ def activation_bytes(setup: Setup, label_tokens: int) -> dict[str, float]:
     }
 
 
-def largest_batch(card_gib: int, fixed: float, per_sample: float) -> int:
-    return max(0, int((card_gib * GiB * (1 - HEADROOM) - fixed) // per_sample))
-
-
 def report(label_tokens: int) -> str:
     rows, fits = [], []
     for setup in SETUPS:
         params, acts = parameter_bytes(setup), activation_bytes(setup, label_tokens)
         static = params["weights"] + params["gradients"] + params["adamw"]
-        print(f"{setup.name}: {params['trainable'] / 1e6:.1f}M trainable, {static / GiB:.2f} GiB static", flush=True)
         gib = [f"{params[key] / GiB:.2f}" for key in ("weights", "gradients", "adamw")] + [f"**{static / GiB:.2f}**"]
         trainable = f"{params['trainable'] / 1e6:,.1f}M ({100 * params['trainable'] / params['total']:.2f} %)"
         pairs = [(acts[a] / GiB, acts[f"{a}_checkpointed"] / GiB) for a in ("copies", "per_sample")]
         rows.append([setup.name, trainable, *gib, *(f"{plain:.2f} / {ckpt:.2f}" for plain, ckpt in pairs)])
         fits.append([setup.name])
-        fits[-1] += [
-            largest_batch(card, static + acts[f"copies{c}"], acts[f"per_sample{c}"])
-            for card in CARDS_GIB
-            for c in ("", "_checkpointed")
-        ]
+        for card, c in itertools.product(CARDS_GIB, ("", "_checkpointed")):
+            room = card * GiB * (1 - HEADROOM) - static - acts[f"copies{c}"]
+            fits[-1].append(max(0, int(room // acts[f"per_sample{c}"])))
     cards = [f"{card} GB{ckpt}" for card in CARDS_GIB for ckpt in ("", " ckpt")]
     free = f"Largest per-device batch by this arithmetic ({HEADROOM:.0%} of the card kept free; ckpt: checkpointed):"
     return "\n".join([markdown_table(HEADER, rows), "", free, "", markdown_table(["setup", *cards], fits)])
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--label_tokens", type=int, default=60, help="decoder tokens per sample")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     args = parser.parse_args(argv)
     body = report(args.label_tokens)
     head = section_head(SECTION, __file__, argv, "peft") + f"- {args.label_tokens} label tokens and 30 s of log-mel "

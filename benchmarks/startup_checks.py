@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/startup_checks.py`, the repo packages need not be installed
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.full_scale import ensure_corpus  # noqa: E402
+from tools.full_corpus import ensure_corpus  # noqa: E402
 
 SECTION = "## Start-up agreement checks at full scale"
 TARGET_S = 2.0

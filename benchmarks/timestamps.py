@@ -2,87 +2,55 @@
 
     python benchmarks/timestamps.py --write_results   # two demo fine-tunes (reused when done), ~40 min on 2 cores
 
-1. The realised share of timestamped labels, through the trainer's own loader and batcher on the sample's training
-   split (several epochs), and over the full corpus's 622,545 ids.
-2. Two fine-tunes exactly the demo's (`configs/demo.yaml`), with `--timestamp_probability 0` and the default; only the
-   final evaluation is cut to the test split. A run whose output_dir holds a finished run is reused.
-3. Each model, and the untouched base, decodes with `return_timestamps=True` (a) every held-out clip, one 30 s window
-   each: is the output well-formed? (b) each held-out split's clips joined with 1 s pauses (> 30 s), through
-   transformers' long-form generation: are the segment times ordered and inside the audio, and where do they end?
+The share of timestamped labels in the trainer's batches; the demo with `--timestamp_probability` 0 and default; each
+model and the base decode every held-out clip (well-formed?) and the clips joined in long form (ordered, inside?).
 """
 
-from __future__ import annotations
-
-import argparse
 import dataclasses
 import itertools
 import json
-import shlex
 import statistics
-import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/timestamps.py`
 
-from benchmarks.harness import markdown_table, publish, section_head  # noqa: E402
-from kspon_dataset.corpus import SAMPLE_RATE  # noqa: E402
-from kspon_whisper.audio import to_dtype  # noqa: E402
-from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher  # noqa: E402
-from kspon_whisper.metrics import score  # noqa: E402
-from kspon_whisper.timestamps import TIME_PRECISION, timestamp_labels  # noqa: E402
-from tools.sample_audio import sample_clips  # noqa: E402
+from benchmarks.harness import REPO, arguments, demo_fine_tune, markdown_table, publish, section_head
+from kspon_dataset.corpus import SAMPLE_RATE
+from kspon_whisper.audio import to_dtype
+from kspon_whisper.data import load_splits, make_dataloader, set_epoch, speech_batcher
+from kspon_whisper.inference import MAX_NEW_TOKENS, load_model
+from kspon_whisper.metrics import score
+from kspon_whisper.timestamps import TIME_PRECISION, timestamp_labels
+from tools.sample_audio import SAMPLE, sample_clips
 
 SECTION = "## Timestamps after fine-tuning"
-SAMPLE = REPO / "kspon_dataset" / "sample"
 BASE = REPO / "models" / "whisper-base"
 HELD_OUT = ("test", "eval_clean", "eval_other")
 # Long files: the sample's clips are short (~1.2 s), so test alone with its pauses stays under 30 s.
 LONG_FILES = {"test + eval_clean": ("test", "eval_clean"), "eval_other": ("eval_other",)}
 DEFAULT_PROBABILITY = 0.2  # TrainConfig.timestamp_probability
-BASE_NAME = "base (untouched)"
 SEED = 42  # TrainConfig.seed, the demo's
 SHARE_EPOCHS = 20
 CORPUS_UTTERANCES = 622_545
 PAUSE_S = 1.0
 BATCH = 8
-MAX_NEW_TOKENS = 225  # kspon_whisper.evaluation.MAX_NEW_TOKENS
 
 
-def train_command(output_dir: Path, probability: float | None) -> list[str]:
-    command = ["accelerate", "launch", "--config_file", "configs/cpu.yaml", "train_accelerate.py"]
-    output_dir = output_dir.resolve()
-    shown = output_dir.relative_to(REPO) if output_dir.is_relative_to(REPO) else output_dir
-    command += ["--config", "configs/demo.yaml", "--output_dir", str(shown), "--final_eval_splits", "test"]
-    return command + ([] if probability is None else ["--timestamp_probability", f"{probability:g}"])
-
-
-def fine_tune(output_dir: Path, probability: float | None) -> dict:
-    """One demo fine-tune (or the one already there); its log is output_dir/train.log."""
-    command = train_command(output_dir, probability)
-    if not (output_dir / "metrics.json").exists():  # written last, after the final evaluation
-        output_dir.mkdir(parents=True, exist_ok=True)
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", *command[2:]]
-        with (output_dir / "train.log").open("w") as log:
-            subprocess.run(launcher, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    metrics = json.loads((output_dir / "metrics.json").read_text())
-    cers = {"test_cer": metrics["test"]["cer"], "validation_cer": metrics["validation"]["cer"]}
-    return {"command": shlex.join(command), **cers}
-
-
-def realised_share(processor, generation_config) -> dict:
+def realised_share() -> dict:
     """Timestamped labels per epoch in the batches that the trainer's loader makes of the sample's train split."""
-    timestamps = timestamp_labels(processor.tokenizer, generation_config, probability=DEFAULT_PROBABILITY, seed=SEED)
+    model, processor = load_model(str(BASE), "cpu")
+    generation = model.generation_config
+    timestamps = timestamp_labels(processor.tokenizer, generation, probability=DEFAULT_PROBABILITY, seed=SEED)
+    batcher = speech_batcher(processor, model.config, log_mel_on_device=True)
+    batcher = dataclasses.replace(batcher, timestamps=timestamps)
     splits = load_splits(str(SAMPLE), form="spelling", split_scheme="random", streaming=True)
-    start = generation_config.decoder_start_token_id
-    batcher = dataclasses.replace(speech_batcher(processor, start, log_mel_on_device=True), timestamps=timestamps)
-    loader = make_dataloader(
-        splits["train"], batcher, batch_size=8, num_workers=1, rank=0, world_size=1, seed=SEED, shuffle=True
-    )
+    order = {"rank": 0, "world_size": 1, "seed": SEED, "shuffle": True}
+    loader = make_dataloader(splits["train"], batcher, batch_size=8, num_workers=1, **order)
     per_epoch = []
     for epoch in range(SHARE_EPOCHS):
         set_epoch(loader, epoch)
@@ -92,117 +60,76 @@ def realised_share(processor, generation_config) -> dict:
             marked += int((labels == timestamps.timestamp_ids[0]).any(dim=1).sum())
             total += labels.shape[0]
         per_epoch.append(marked / total)
-    ids = [f"KsponSpeech_{i:06d}" for i in range(1, CORPUS_UTTERANCES + 1)]
-    corpus = sum(timestamps.chosen(uid, 0) for uid in ids) / len(ids)
-    return {"train_clips": total, "per_epoch": per_epoch, "corpus": corpus}
+    corpus = sum(timestamps.chosen(f"KsponSpeech_{i:06d}", 0) for i in range(1, CORPUS_UTTERANCES + 1))
+    return {"train_clips": total, "per_epoch": per_epoch, "corpus": corpus / CORPUS_UTTERANCES}
 
 
-def held_out_clips() -> dict[str, list[dict]]:
-    """{split: [{"id", "audio" float32, "text", "duration"}]} for the sample's held-out splits, in id order."""
-    clips = {}
-    for name in HELD_OUT:
-        rows = sorted(sample_clips((name,)).items())
-        clips[name] = [
-            {"id": uid, "audio": to_dtype(pcm, "float32"), "text": text, "duration": len(pcm) / SAMPLE_RATE}
-            for uid, (text, pcm) in rows
-        ]
-    return clips
-
-
-def generate(model, processor, features: torch.Tensor, **kwargs) -> dict:
-    kwargs = dict(language="ko", task="transcribe", return_timestamps=True, **kwargs)
-    with torch.inference_mode():
+def generate(model, features: torch.Tensor, **kwargs) -> dict:
+    kwargs |= {"language": "ko", "task": "transcribe", "return_timestamps": True, "max_new_tokens": MAX_NEW_TOKENS}
+    with torch.inference_mode():  # at most MAX_NEW_TOKENS per 30 s window, as the trainer's evaluation caps it
         return model.generate(features, return_dict_in_generate=True, **kwargs)
 
 
-def timestamp_checks(tokens: list[int], duration: float, begin: int, eos: int) -> dict:
-    """Is one window's output well-formed: starts with a timestamp, non-decreasing, closed, ends inside the clip?"""
-    tokens = [t for t in tokens if t != eos]
-    times = [(t - begin) * TIME_PRECISION for t in tokens if t >= begin]
-    checks = {
-        "starts": bool(tokens) and tokens[0] >= begin,
-        "monotonic": all(a <= b for a, b in itertools.pairwise(times)),
-        "closed": len(times) >= 2 and tokens[-1] >= begin,
-        "inside": bool(times) and times[-1] <= duration + TIME_PRECISION + 1e-6,
-    }
-    checks["well_formed"] = all(checks.values())
-    checks["end_error"] = times[-1] - duration if checks["closed"] else None
-    return checks
+def median(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
 
 
-def decode_clips(model, processor, clips: list[dict]) -> dict:
-    begin = model.generation_config.no_timestamps_token_id + 1
-    eos = model.generation_config.eos_token_id
-    checks, references, hypotheses = [], [], []
+def decode_clips(model, processor, clips: list[dict]) -> list:
+    """Each clip in its own 30 s window: well-formed (starts with a timestamp, non-decreasing, closed by one, ending
+    inside the clip), closed, end inside, median |last time - duration|, CER."""
+    begin, eos = model.generation_config.no_timestamps_token_id + 1, model.generation_config.eos_token_id
+    counts, errors, hypotheses = Counter(), [], []
     for i in range(0, len(clips), BATCH):
         batch = clips[i : i + BATCH]
-        features = processor.feature_extractor(
-            [c["audio"] for c in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_features
-        sequences = generate(model, processor, features, max_new_tokens=MAX_NEW_TOKENS)["sequences"]
-        for clip, tokens in zip(batch, sequences.tolist(), strict=True):
-            checks.append(timestamp_checks(tokens, clip["duration"], begin, eos))
-            references.append(clip["text"])
+        audio = [c["audio"] for c in batch]
+        features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        for clip, tokens in zip(batch, generate(model, features)["sequences"].tolist(), strict=True):
+            tokens = [t for t in tokens if t != eos]
+            times = [(t - begin) * TIME_PRECISION for t in tokens if t >= begin]
+            closed = len(times) >= 2 and tokens[-1] >= begin
+            inside = bool(times) and times[-1] <= clip["duration"] + TIME_PRECISION + 1e-6
+            ordered = bool(tokens) and tokens[0] >= begin and all(a <= b for a, b in itertools.pairwise(times))
+            counts.update({"well_formed": ordered and closed and inside, "closed": closed, "inside": inside})
+            errors += [abs(times[-1] - clip["duration"])] if closed else []
             hypotheses.append(processor.decode(tokens, skip_special_tokens=True).strip())
-    errors = [abs(c["end_error"]) for c in checks if c["end_error"] is not None]
-    return {
-        "clips": len(checks),
-        **{key: sum(c[key] for c in checks) for key in ("starts", "monotonic", "closed", "inside", "well_formed")},
-        "median_abs_end_error_s": statistics.median(errors) if errors else None,
-        "cer": score(references, hypotheses)["cer"],
-    }
+    cer, well_formed = score([c["text"] for c in clips], hypotheses)["cer"], f"{counts['well_formed']} / {len(clips)}"
+    return [well_formed, counts["closed"], counts["inside"], median(errors), f"{cer:.3f}"]
 
 
-def long_audio(clips: list[dict]) -> dict:
-    """The clips joined with 1 s pauses; where each clip starts and ends in it."""
-    pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), dtype=np.float32)
-    pieces, bounds, position, texts = [], [], 0, [c["text"] for c in clips]
+def decode_long(model, processor, name: str, clips: list[dict]) -> list:
+    """The clips joined with 1 s pauses, in long form: segments, ordered, inside, median distance from a segment's end
+    to the nearest clip end, CER."""
+    pause, ends, position = np.zeros(int(PAUSE_S * SAMPLE_RATE), dtype=np.float32), [], 0
     for clip in clips:
-        pieces += [clip["audio"], pause]
-        bounds.append((position / SAMPLE_RATE, (position + len(clip["audio"])) / SAMPLE_RATE))
+        ends.append((position + len(clip["audio"])) / SAMPLE_RATE)
         position += len(clip["audio"]) + len(pause)
-    audio = np.concatenate(pieces[:-1])
-    if len(audio) <= 30 * SAMPLE_RATE:
-        raise ValueError(f"{len(audio) / SAMPLE_RATE:.1f} s of audio is not long-form: join more clips.")
-    return {"audio": audio, "duration": len(audio) / SAMPLE_RATE, "bounds": bounds, "text": " ".join(texts)}
-
-
-def decode_long(model, processor, long: dict) -> dict:
+    audio = np.concatenate([piece for clip in clips for piece in (clip["audio"], pause)][:-1])
+    duration = len(audio) / SAMPLE_RATE  # over 30 s: LONG_FILES join enough clips
     options = {"truncation": False, "padding": "longest", "return_attention_mask": True, "return_tensors": "pt"}
-    inputs = processor.feature_extractor(long["audio"], sampling_rate=SAMPLE_RATE, **options)
-    # at most MAX_NEW_TOKENS per 30 s window, as the trainer's evaluation caps it
-    options = {"attention_mask": inputs.attention_mask, "return_segments": True, "max_new_tokens": MAX_NEW_TOKENS}
-    out = generate(model, processor, inputs.input_features, **options)
+    inputs = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, **options)
+    out = generate(model, inputs.input_features, attention_mask=inputs.attention_mask, return_segments=True)
     segments = [(float(s["start"]), float(s["end"])) for s in out["segments"][0]]
     times = [t for segment in segments for t in segment]
-    clip_ends = [end for _, end in long["bounds"]]
-    end_errors = [min(abs(end - e) for e in clip_ends) for _, end in segments]
+    inside = all(0 <= t <= duration + TIME_PRECISION + 1e-6 for t in times)
     text = processor.decode(out["sequences"][0], skip_special_tokens=True).strip()
-    return {
-        "duration": long["duration"],
-        "clips": len(long["bounds"]),
-        "segments": len(segments),
-        "monotonic": all(a <= b for a, b in itertools.pairwise(times)),
-        "inside": all(0 <= t <= long["duration"] + TIME_PRECISION + 1e-6 for t in times),
-        "past_end_s": max(times, default=0.0) - long["duration"],
-        "median_end_to_clip_end_s": statistics.median(end_errors) if end_errors else None,
-        "cer": score([long["text"]], [text])["cer"],
-    }
+    return [
+        f"{name}: {len(clips)} clips, {duration:.1f} s",
+        len(segments),
+        "yes" if all(a <= b for a, b in itertools.pairwise(times)) else "no",
+        "yes" if inside else f"no ({max(times, default=0.0) - duration:+.2f} s)",
+        median([min(abs(end - e) for e in ends) for _, end in segments]),
+        f"{score([' '.join(c['text'] for c in clips)], [text])['cer']:.3f}",
+    ]
 
 
 def decode_model(model_dir: Path, clips: dict[str, list[dict]]) -> dict:
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    processor = WhisperProcessor.from_pretrained(model_dir)
-    model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
-    model.generation_config.forced_decoder_ids = None
-    everything = [clip for name in HELD_OUT for clip in clips[name]]
+    model, processor = load_model(str(model_dir), "cpu")
     return {
-        "clips": decode_clips(model, processor, everything),
-        "long": {
-            name: decode_long(model, processor, long_audio([clip for split in splits for clip in clips[split]]))
+        "clips": decode_clips(model, processor, [clip for name in HELD_OUT for clip in clips[name]]),
+        "long": [
+            decode_long(model, processor, name, [c for s in splits for c in clips[s]])
             for name, splits in LONG_FILES.items()
-        },
+        ],
     }
 
 
@@ -221,16 +148,8 @@ def report(results: dict, argv: list[str] | None) -> str:
         f"epoch, {statistics.mean(epochs):.3f} over {len(epochs)} epochs; over the full corpus's "
         f"{CORPUS_UTTERANCES:,} ids (epoch 0): {share['corpus']:.4f}."
     )
-    clips, long = [], []
-    for name, decoded in results["models"].items():
-        c = decoded["clips"]
-        end = "-" if c["median_abs_end_error_s"] is None else f"{c['median_abs_end_error_s']:.2f}"
-        clips.append([name, f"{c['well_formed']} / {c['clips']}", c["closed"], c["inside"], end, f"{c['cer']:.3f}"])
-        for file, r in decoded["long"].items():
-            gap = "-" if r["median_end_to_clip_end_s"] is None else f"{r['median_end_to_clip_end_s']:.2f}"
-            inside = "yes" if r["inside"] else f"no ({r['past_end_s']:+.2f} s)"
-            long.append([name, f"{file}: {r['clips']} clips, {r['duration']:.1f} s", r["segments"]])
-            long[-1] += ["yes" if r["monotonic"] else "no", inside, gap, f"{r['cer']:.3f}"]
+    clips = [[name, *decoded["clips"]] for name, decoded in results["models"].items()]
+    long = [[name, *row] for name, decoded in results["models"].items() for row in decoded["long"]]
     header = ["model", "well-formed", "closed", "end inside", "median abs(end - duration) s", "CER"]
     lines += ["", "### Held-out clips, `generate(..., return_timestamps=True)`", "", markdown_table(header, clips)]
     header = ["model", "file", "segments", "ordered", "inside", "end to clip end s", "CER"]
@@ -239,31 +158,30 @@ def report(results: dict, argv: list[str] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, SECTION)
     parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "timestamps")
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{SECTION}' section")
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
-    from transformers import GenerationConfig, WhisperProcessor
-
-    processor = WhisperProcessor.from_pretrained(BASE)
-    processor.tokenizer.set_prefix_tokens(language="ko", task="transcribe", predict_timestamps=False)
-    results = {"share": realised_share(processor, GenerationConfig.from_pretrained(BASE))}
-    print(json.dumps(results["share"]), flush=True)
-    runs = {
-        "p = 0": (args.runs_dir / "p0", 0.0),
-        f"p = {DEFAULT_PROBABILITY} (default)": (args.runs_dir / "p-default", None),
+    results = {"share": realised_share()}
+    runs = {"p = 0": args.runs_dir / "p0", f"p = {DEFAULT_PROBABILITY} (default)": args.runs_dir / "p-default"}
+    options = {"p = 0": ["--timestamp_probability", "0"]}
+    results["runs"] = {}
+    for name, out in runs.items():  # the demo's fine-tune (or the one already there), final evaluation cut to test
+        command = demo_fine_tune(out, "--final_eval_splits", "test", *options.get(name, []))
+        metrics = json.loads((out / "metrics.json").read_text())
+        results["runs"][name] = {"command": command, **{f"{k}_cer": metrics[k]["cer"] for k in ("test", "validation")}}
+    clips = {  # split: the held-out clips in id order
+        name: [
+            {"audio": to_dtype(pcm, "float32"), "text": text, "duration": len(pcm) / SAMPLE_RATE}
+            for _, (text, pcm) in sorted(sample_clips((name,)).items())
+        ]
+        for name in HELD_OUT
     }
-    results["runs"] = {name: fine_tune(out, p) for name, (out, p) in runs.items()}
-    clips = held_out_clips()
     # Decoding steps are small ops: on a shared 2-core machine a second thread spins at every op boundary while
     # others hold the core (measured 8x slower with 2 threads than with 1 under a load of 8).
     torch.set_num_threads(1)
-    models = {BASE_NAME: BASE} | {name: out for name, (out, _) in runs.items()}
-    results["models"] = {}
-    for name, model_dir in models.items():
-        results["models"][name] = decode_model(model_dir, clips)
-        print(name, json.dumps(results["models"][name]), flush=True)
+    models = {"base (untouched)": BASE} | runs
+    results["models"] = {name: decode_model(model_dir, clips) for name, model_dir in models.items()}
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     publish(report(results, argv), args.write_results)

@@ -197,6 +197,33 @@ def test_a_zip64_end_record_counts_past_65535_entries(tmp_path):
     assert [(name, entry[0], entry[2]) for name, entry in archives._zip_members(str(path))] == expected
 
 
+def test_each_split_counts_what_the_full_layout_holds(tmp_path):
+    """The real layout scaled down (tools/full_corpus.py: five training ZIPs, ZIP64 offsets in each one's second half,
+    clips under 0.5 s and over 30 s, names stored twice): every split's tally is what was written, under both random
+    schemes (benchmarks/full_scale.py measures the full size)."""
+    from tools.full_corpus import write_full_corpus
+
+    written = write_full_corpus(tmp_path, folders=10, per_folder=30, eval_utterances=20)
+    short, long, twice = set(written["too_short"]), set(written["too_long"]), {int(u) for u in written["duplicated"]}
+    for scheme, split_of in (
+        ("random", lambda folder, uid: corpus.folder_split(folder)),
+        ("random_utterance", lambda folder, uid: corpus.utterance_split(corpus.uid_string(uid))),
+    ):
+        expected = {split: Counter(seen=n, candidates=n) for split, n in written["eval"].items()}
+        for folder, n in written["folders"].items():
+            for uid in range((int(folder[-4:]) - 1) * 1000 + 1, (int(folder[-4:]) - 1) * 1000 + n + 1):
+                reason = "too_short" if uid in short else "too_long" if uid in long else "candidates"
+                counts = {"seen": 1 + (uid in twice), "duplicate_id": int(uid in twice), reason: 1}
+                expected.setdefault(split_of(folder, uid), Counter()).update(counts)
+        selections = KsponSpeech(config_name="spelling", data_dir=str(tmp_path), split_scheme=scheme).selections()
+        assert {name: +Counter(s.tally) for name, s in selections.items()} == {k: +c for k, c in expected.items()}
+    assert short and long and twice, "the layout lost its odd clips: the test lost its point"
+    first_copies = {corpus.uid_string(int(u)): round(s * 100) / 100 for u, (s, _) in written["duplicated"].items()}
+    examples = [corpus.read_utterance(s, i, "spelling")[0] for s in selections.values() for i in range(len(s))]
+    read = {ex["id"]: ex["duration"] for ex in examples if ex and ex["id"] in first_copies}
+    assert read == first_copies, "a name stored twice is read from its first copy, not its 4 s longer second one"
+
+
 def test_a_lying_size_is_caught_without_inflating_the_whole_member(tmp_path):
     """A member that declares 1,000 bytes but inflates to 50 MB: read at most what it declared, plus one byte."""
     path = tmp_path / "KsponSpeech_01.zip"
