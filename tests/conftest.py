@@ -5,6 +5,7 @@ datasets cache lives in a per-session temporary folder so runs cannot see each o
 """
 
 import faulthandler
+import json
 import os
 import shutil
 import signal
@@ -67,6 +68,17 @@ def offline_whisper_dir() -> Path:
 def tiny_whisper_dir(offline_whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Whisper with the real processor: labels and log-mels are the real model's."""
     return save_random_whisper("test", offline_whisper_dir, tmp_path_factory.mktemp("tiny_whisper"))
+
+
+@pytest.fixture(scope="session")
+def dropout_whisper_dir(tiny_whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Whisper with dropout: with none, a resume that got the random state wrong would still match."""
+    model_dir = tmp_path_factory.mktemp("tiny_whisper_dropout")
+    shutil.copytree(tiny_whisper_dir, model_dir, dirs_exist_ok=True)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    return model_dir
 
 
 @pytest.fixture(scope="session")

@@ -39,17 +39,6 @@ ENV = dict(TWO_CPU_ENV, PYTHONUNBUFFERED="1")
 FSDP_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # tests/fsdp_on_cpu.py picks the CPU itself
 
 
-@pytest.fixture(scope="module")
-def dropout_whisper_dir(tiny_whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Whisper with dropout, so that a resume must restore each rank's random state to match."""
-    model_dir = tmp_path_factory.mktemp("tiny_whisper_dropout")
-    shutil.copytree(tiny_whisper_dir, model_dir, dirs_exist_ok=True)
-    config = json.loads((model_dir / "config.json").read_text())
-    config.update(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
-    (model_dir / "config.json").write_text(json.dumps(config))
-    return model_dir
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

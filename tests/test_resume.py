@@ -26,17 +26,6 @@ TIMEOUT_S = 240
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
-@pytest.fixture(scope="module")
-def dropout_whisper_dir(tiny_whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Whisper with dropout: with none, a resume that got the random state wrong would still match."""
-    model_dir = tmp_path_factory.mktemp("tiny_whisper_dropout")
-    shutil.copytree(tiny_whisper_dir, model_dir, dirs_exist_ok=True)
-    config = json.loads((model_dir / "config.json").read_text())
-    config.update(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
-    (model_dir / "config.json").write_text(json.dumps(config))
-    return model_dir
-
-
 def train_command(
     model_dir: Path, corpus: Path, output_dir: Path, streaming: bool, workers: int, save_every: int, extra=()
 ):
