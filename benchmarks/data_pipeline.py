@@ -3,9 +3,7 @@
     python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
     python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
 
-On a tone-voice corpus in AI Hub's ZIP layout, each phase in a fresh process: streaming (one process, a DataLoader),
-`download_and_prepare` (num_proc 1, 2), the blog route (extract, WAVs, JSON manifests), inflating every member (the
-floor), and the trainer's DataLoader with log-mel in the workers (80, 128 mels) or on the GPU.
+On a tone-voice corpus in AI Hub's ZIP layout, each phase (a row of RESULTS.md's tables) in a fresh process.
 """
 
 import itertools
@@ -155,18 +153,13 @@ def tree_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The pass with the lower median time, with how many passes it came from."""
+def median_run(runs: list[dict]) -> dict:  # the pass with the lower median time, and of how many
     return sorted(runs, key=lambda run: run["seconds"])[(len(runs) - 1) // 2] | {"of": len(runs)}
 
 
 def format_section(results: dict, argv: list[str]) -> str:
-    def rate(run: dict) -> float:
-        return run["examples"] / run["seconds"]
-
-    def rss(phase: dict) -> str:
-        return f"{phase['rss_self_mib']:,.0f} / {phase['rss_tree_mib']:,.0f}"
-
+    rate = lambda run: run["examples"] / run["seconds"]  # noqa: E731
+    rss = lambda phase: f"{phase['rss_self_mib']:,.0f} / {phase['rss_tree_mib']:,.0f}"  # noqa: E731
     corpus, loader, phases = results["corpus"], results["loader"], results["dataset"]
     stream, dataloader, unzip, inflate = (phases[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
     warm, loaded, cores = median_run(stream["warm"]), median_run(dataloader["warm"]), min(2, os.cpu_count() or 1)
