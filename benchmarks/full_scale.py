@@ -3,8 +3,7 @@
     python benchmarks/full_scale.py --write_results                        # 622,545 utterances, ~15 min on 2 cores
     python benchmarks/full_scale.py --folders 12 --per_folder 40 --eval_utterances 60 --examples_per_rank 0  # ~1 min
 
-On tools/full_corpus.py's corpus (kept in --workdir), each in a fresh process: index time and memory, the first batch,
-a validation pass, reads per example at world size 1 and 8, batch diversity, split shares (tests/test_data_order.py).
+On tools/full_corpus.py's corpus (kept in --workdir), each measurement (a row of the table) in a fresh process.
 """
 
 import itertools
@@ -165,13 +164,12 @@ def format_section(after: dict, info: dict, argv: list[str] | None) -> str:
         return " / ".join(f"{n / max(1, sum(seen)):.1%}" for n in seen)
 
     parts = "{import_s:.1f} / {load_splits_s:.1f} / {first_batch_s:.1f}".format(**first["warm"])
-    index_mib = (
-        f"{cold['grown']:,.0f} cold, {warm['grown']:,.0f} memory-mapped ({cold['index_mib']:.0f} MiB of arrays)"
-    )
     rows = [
         ["index the five training ZIPs, s per process",
          f"{cold['seconds']:.1f} cold, {warm['seconds']:.2f} memory-mapped", "-"],
-        ["RSS the index adds to a process, MiB", index_mib, "<= 150"],
+        ["RSS the index adds to a process, MiB",
+         f"{cold['grown']:,.0f} cold, {warm['grown']:,.0f} memory-mapped ({cold['index_mib']:.0f} MiB of arrays)",
+         "<= 150"],
         ["peak RSS of that process, MiB", f"{cold['peak']:,.0f} cold, {warm['peak']:,.0f} memory-mapped", "-"],
         ["first batch of the training loader in a fresh process, s", "{:.1f} cold, {:.1f} warm".format(
             first["cold"]["seconds"], first["warm"]["seconds"]), "< 30"],
@@ -214,8 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
-    warnings = "ignore::FutureWarning,ignore::UserWarning"
-    env = harness.offline_env(workdir, KSPON_INDEX_CACHE=str(workdir / "index_cache"), PYTHONWARNINGS=warnings)
+    env = harness.offline_env(workdir, KSPON_INDEX_CACHE=str(workdir / "index_cache"))
     info = ensure_corpus(workdir, args.folders, args.per_folder, args.eval_utterances)  # kept for the next run
     spec, after = {"corpus": str(workdir / "corpus"), "examples_per_rank": args.examples_per_rank}, {}
     runs = [(phase, label) for phase in ("index", "first_batch") for label in ("_cold", "_warm")]
