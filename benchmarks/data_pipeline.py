@@ -202,7 +202,7 @@ def format_section(results: dict, argv: list[str]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     from kspon_dataset.sample_corpus import write_corpus
     from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # tools/ is not installed
 
@@ -238,7 +238,6 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[loader] {audio_mode}, {n_mels} mels, {workers} workers", flush=True)
             results["loader"].append(spec | run_fresh("data_pipeline", "loader", spec, env))
     publish(format_section(results, argv), args.write_results)
-    return results
 
 
 if __name__ == "__main__":
