@@ -152,7 +152,7 @@ def report(results: dict, argv: list[str] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, SECTION)
     parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "timestamps")
     parser.add_argument("--json", type=Path, help="also write every measured number here")
@@ -180,7 +180,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     publish(report(results, argv), args.write_results)
-    return results
 
 
 if __name__ == "__main__":
