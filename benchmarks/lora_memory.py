@@ -2,8 +2,7 @@
 
     python benchmarks/lora_memory.py --write_results
 
-Parameters from the config on the meta device; activations from what autograd saves in a bf16 forward of one layer per
-stack at batch 1 and 2, times 32 (checkpointed: estimated); then the largest batch for 24, 48 and 80 GB cards.
+Parameters on the meta device; activations from what autograd saves in a bf16 forward of one layer per stack, x 32.
 """
 
 import functools
@@ -85,8 +84,7 @@ def saved_bytes(setup: Setup, batch: int, label_tokens: int) -> tuple[dict[tuple
     seen, tally, kept = set(), defaultdict(int), []
 
     def pack(tensor: torch.Tensor) -> None:
-        # Kept alive so that no address is reused while counting, but detached: the graph holds this hook, and a
-        # saved output holding its grad_fn would make a cycle through C++ that no collector frees. No backward runs.
+        # Kept alive so that no address is reused, but detached: a saved grad_fn would make a C++ cycle, never freed.
         kept.append(tensor.detach())
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in seen | parameter_storage:
@@ -128,9 +126,8 @@ def activation_bytes(setup: Setup, label_tokens: int) -> dict[str, float]:
     return {
         "per_sample": no_checkpointing,
         "per_sample_checkpointed": checkpointed,
-        # Full fine-tuning: autocast caches a bf16 copy of every trainable weight for the whole forward, and without
-        # checkpointing autograd keeps them to backward. Frozen weights are cast per use: with LoRA and
-        # checkpointing only the recomputed layer's copies are alive.
+        # autocast caches a bf16 copy of every trainable weight for the forward; frozen ones are cast per use, so with
+        # LoRA and checkpointing only the recomputed layer's copies are alive.
         "copies": all_copies,
         "copies_checkpointed": all_copies if not setup.rank else max(copies.values()),
     }
