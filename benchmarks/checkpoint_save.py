@@ -2,8 +2,7 @@
 
     python benchmarks/checkpoint_save.py --scale 8 --write_results   # ~2 min on 2 cores; --scale 1 needs ~40 GB RAM
 
-The first 1/scale of large-v3's parameters (random fp32) with AdamW's moments; each repeat, after `os.sync`, times
-`save_checkpoint`, `save_state` alone (torch.save; safetensors: the format before) and the read-back that hashed it.
+The first 1/scale of large-v3's parameters (random fp32) with AdamW's moments; each repeat runs after `os.sync`.
 """
 
 import hashlib
