@@ -2,8 +2,7 @@
 
     python benchmarks/long_file_memory.py --minutes 30 --write_results   # ~2 min on 2 cores, 320 MB of /tmp
 
-`transcribe.py` with a 2-layer random Whisper and 4 new tokens per window (so the audio path is what is measured) on
-noise files of `--minutes` and of 12 s, each in its own process (peak RSS by `wait4`); `read_audio` in tracemalloc.
+`transcribe.py` with a 2-layer random Whisper and 4 new tokens per window, so that the audio path is what is measured.
 """
 
 import os
