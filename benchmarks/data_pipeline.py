@@ -1,9 +1,7 @@
 """Data-pipeline benchmark: how fast KsponSpeech reaches the model, streamed, prepared, or unzipped the blog way.
 
-    python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
-    python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
-
-On a tone-voice corpus in AI Hub's ZIP layout, each phase (a row of RESULTS.md's tables) in a fresh process.
+python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
+python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
 """
 
 import itertools
@@ -88,7 +86,6 @@ def phase_prepare(spec: dict) -> dict:
 
 
 def phase_inflate(spec: dict) -> dict:
-    """The floor under any route that starts from the ZIPs: inflate every member once and throw it away."""
     start, sizes = time.perf_counter(), []
     for path in sorted(Path(spec["corpus"]).glob("*.zip")):
         with zipfile.ZipFile(path) as archive:
@@ -97,7 +94,6 @@ def phase_inflate(spec: dict) -> dict:
 
 
 def phase_unzip(spec: dict) -> dict:
-    """The blog route: extract all seven ZIPs, write one WAV per utterance, then one JSON manifest per split."""
     out = Path(spec["out_dir"])
     extracted, start = out / "extracted", time.perf_counter()
     for path in sorted(Path(spec["corpus"]).glob("*.zip")):
