@@ -1,9 +1,7 @@
 """Does the fine-tuned model decode as well in faster-whisper, on audio as users give it, as in Transformers?
 
-    python benchmarks/frontends.py --write_results                            # the demo at seeds 42, 1, 2
-    python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
-
-For each --probabilities and --seeds, the demo's fine-tune (~15-20 min; reused when done), exported, in faster-whisper.
+python benchmarks/frontends.py --write_results   # the demo at seeds 42, 1, 2 (~15-20 min each; reused when done)
+python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
 """
 
 import json
@@ -34,7 +32,6 @@ SPLITS = ("test", "eval_clean")
 
 
 def transformers_texts(output_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """References and the trainer's hypotheses by id, from its predictions_<split>.jsonl."""
     lines = [line for name in SPLITS for line in (output_dir / f"predictions_{name}.jsonl").read_text().splitlines()]
     records = [json.loads(line) for line in lines]
     return {r["id"]: r["reference"] for r in records}, {r["id"]: r["hypothesis"] for r in records}
