@@ -1,9 +1,7 @@
 """Full-scale check of the data path: KsponSpeech's real member count, measured the way the trainer reads it.
 
-    python benchmarks/full_scale.py --write_results                        # 622,545 utterances, ~15 min on 2 cores
-    python benchmarks/full_scale.py --folders 12 --per_folder 40 --eval_utterances 60 --examples_per_rank 0  # ~1 min
-
-On tools/full_corpus.py's corpus (kept in --workdir), each measurement (a row of the table) in a fresh process.
+python benchmarks/full_scale.py --write_results                        # 622,545 utterances, ~15 min on 2 cores
+python benchmarks/full_scale.py --folders 12 --per_folder 40 --eval_utterances 60 --examples_per_rank 0  # ~1 min
 """
 
 import itertools
@@ -60,7 +58,6 @@ def phase_index(spec: dict) -> dict:
 
 
 def phase_first_batch(spec: dict) -> dict:
-    """The trainer's streaming path from a fresh process: imports, load_splits, make_dataloader, first batch."""
     import psutil
 
     start = time.perf_counter()
@@ -80,8 +77,7 @@ def phase_first_batch(spec: dict) -> dict:
 def phase_validation_pass(spec: dict) -> dict:
     from kspon_whisper.data import PassCounter
 
-    # what `PassCounter.line` asks of an Accelerator, for one process
-    one_process = SimpleNamespace(device="cpu", reduce=lambda tensor, reduction: tensor)
+    one_process = SimpleNamespace(device="cpu", reduce=lambda tensor, reduction: tensor)  # for PassCounter.line
     split = load(spec["corpus"])["validation"]
     counter, examples, rss, start = PassCounter(split), 0, [(0, harness.proc_mib())], time.perf_counter()
     for batch in counter.counted(train_loader(split, 0, 1, 0, shuffle=False)):
@@ -125,7 +121,6 @@ def phase_loaders(spec: dict) -> dict:
 
 
 def phase_splits(spec: dict) -> dict:
-    """Each split's index-level tally under each scheme, and how many folders have utterances in several splits."""
     from kspon_dataset import KsponSpeech
     from kspon_dataset.corpus import index_source
 
@@ -146,7 +141,6 @@ def phase_splits(spec: dict) -> dict:
 
 
 def format_section(after: dict, info: dict, argv: list[str] | None) -> str:
-    """The corpus, then measure | after | target, one row per number the issue asks for, then the validation pass."""
     cold, warm, loaders, splits = after["index_cold"], after["index_warm"], after["loaders"], after["splits"]
     first = {label: after[f"first_batch_{label}"] for label in ("cold", "warm")}
     ranks = {ws: loaders[f"world_{ws}"] for ws in (1, 8)}
