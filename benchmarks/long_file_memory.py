@@ -28,8 +28,7 @@ SOURCE_RATE = 44_100
 
 
 def transcribe_peak(model_dir: Path, audio: Path, seconds: int) -> tuple[float, float]:
-    """(peak resident MB, seconds) of one transcribe.py process on `seconds` of quiet stereo noise, written a second
-    at a time (the benchmark itself must not hold the file)."""
+    """(peak resident MiB, seconds) of transcribe.py on `seconds` of stereo noise, written a second at a time."""
     rng = np.random.default_rng(0)
     with soundfile.SoundFile(audio, "w", SOURCE_RATE, 2, subtype="PCM_16") as f:
         for _ in range(seconds):
