@@ -1,8 +1,6 @@
 """Long-form transcription on a minute of known speech: Whisper's sequential decoding against each clip alone.
 
-    OMP_NUM_THREADS=1 python benchmarks/long_form.py --write_results   # ~4 min on a busy 2-core CPU
-
-tools/sample_audio.py's 24 clips through Whisper base, each alone, then joined (one across 30 s) in long form.
+OMP_NUM_THREADS=1 python benchmarks/long_form.py --write_results   # ~4 min on a busy 2-core CPU
 """
 
 import sys
