@@ -1,8 +1,6 @@
 """Do timestamps survive fine-tuning? The demo's fine-tune with and without timestamp labels, decoded with timestamps.
 
-    python benchmarks/timestamps.py --write_results   # two demo fine-tunes (reused when done), ~40 min on 2 cores
-
-Each fine-tune and the base decode the held-out clips, alone and joined in long form, with timestamps.
+python benchmarks/timestamps.py --write_results   # two demo fine-tunes (reused when done), ~40 min on 2 cores
 """
 
 import dataclasses
@@ -39,7 +37,6 @@ BATCH = 8
 
 
 def realised_share() -> dict:
-    """Timestamped labels per epoch in the batches that the trainer's loader makes of the sample's train split."""
     model, processor = load_model(str(BASE), "cpu")
     generation = model.generation_config
     timestamps = timestamp_labels(processor.tokenizer, generation, probability=DEFAULT_PROBABILITY, seed=SEED)
