@@ -1,12 +1,8 @@
 """Checkpoint save time for a large-v3-sized training state, with the sha256s read behind the writers.
 
-    python benchmarks/checkpoint_save.py --scale 8 --write_results   # ~2 min on 2 cores; --scale 1 needs ~40 GB RAM
-
-The first 1/scale of large-v3's parameters (random fp32) with AdamW's moments; each repeat, after `os.sync`, times
-`save_checkpoint`, `save_state` alone (torch.save; safetensors: the format before) and the read-back that hashed it.
+python benchmarks/checkpoint_save.py --scale 8 --write_results   # ~2 min on 2 cores; --scale 1 needs ~40 GB RAM
 """
 
-import hashlib
 import os
 import random
 import shutil
@@ -24,14 +20,13 @@ from accelerate import Accelerator
 from transformers import WhisperForConditionalGeneration
 
 from benchmarks.harness import arguments, markdown_table, publish, section_head
-from kspon_whisper.checkpoints import LoopState, save_checkpoint
+from kspon_whisper.checkpoints import LoopState, complete_checkpoints, first_damaged_file, save_checkpoint
 from kspon_whisper.random_whisper import whisper_config
 
 SECTION = "## Checkpoint save: sha256 read behind the writers"
 
 
 def training_state(scale: int) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer, int]:
-    """The first 1/scale of large-v3's parameters (by count, in order) and their AdamW moments, prepared."""
     with torch.device("meta"):
         shapes = [p.shape for p in WhisperForConditionalGeneration(whisper_config("large-v3")).parameters()]
     total, kept = sum(s.numel() for s in shapes), []
@@ -44,13 +39,6 @@ def training_state(scale: int) -> tuple[Accelerator, torch.nn.Module, torch.opti
         optimizer.state[p] = {"step": torch.tensor(1.0), **moments}
     accelerator = Accelerator(cpu=True)
     return accelerator, *accelerator.prepare(model, optimizer), total
-
-
-def read_back(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as f:
-                hashlib.file_digest(f, "sha256")
 
 
 WHAT = (
@@ -68,7 +56,7 @@ def measure(scale: int, repeats: int, workdir: Path) -> dict:
         lambda: save_checkpoint(accelerator, root, LoopState(step=1), total_limit=1),
         lambda: accelerator.save_state(str(plain), safe_serialization=False),
         lambda: accelerator.save_state(str(plain), safe_serialization=True),
-        lambda: read_back(root),
+        lambda: first_damaged_file(complete_checkpoints(root)[0]),  # what resume runs
     ], strict=True))  # fmt: skip
     times = {name: [] for name in runs}
     for repeat in range(repeats + 1):  # the first, untimed, pays for lazy imports and first allocations

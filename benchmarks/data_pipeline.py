@@ -1,11 +1,7 @@
 """Data-pipeline benchmark: how fast KsponSpeech reaches the model, streamed, prepared, or unzipped the blog way.
 
-    python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
-    python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
-
-On a tone-voice corpus in AI Hub's ZIP layout, each phase in a fresh process: streaming (one process, a DataLoader),
-`download_and_prepare` (num_proc 1, 2), the blog route (extract, WAVs, JSON manifests), inflating every member (the
-floor), and the trainer's DataLoader with log-mel in the workers (80, 128 mels) or on the GPU.
+python benchmarks/data_pipeline.py --num_utterances 20000 --write_results   # ~10 min on 2 cores
+python benchmarks/data_pipeline.py --num_utterances 200 --passes 1 --loader_workers 1 --loader_batches 2  # ~1 min
 """
 
 import itertools
@@ -90,7 +86,6 @@ def phase_prepare(spec: dict) -> dict:
 
 
 def phase_inflate(spec: dict) -> dict:
-    """The floor under any route that starts from the ZIPs: inflate every member once and throw it away."""
     start, sizes = time.perf_counter(), []
     for path in sorted(Path(spec["corpus"]).glob("*.zip")):
         with zipfile.ZipFile(path) as archive:
@@ -99,7 +94,6 @@ def phase_inflate(spec: dict) -> dict:
 
 
 def phase_unzip(spec: dict) -> dict:
-    """The blog route: extract all seven ZIPs, write one WAV per utterance, then one JSON manifest per split."""
     out = Path(spec["out_dir"])
     extracted, start = out / "extracted", time.perf_counter()
     for path in sorted(Path(spec["corpus"]).glob("*.zip")):
@@ -155,18 +149,13 @@ def tree_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The pass with the lower median time, with how many passes it came from."""
+def median_run(runs: list[dict]) -> dict:  # the pass with the lower median time, and of how many
     return sorted(runs, key=lambda run: run["seconds"])[(len(runs) - 1) // 2] | {"of": len(runs)}
 
 
 def format_section(results: dict, argv: list[str]) -> str:
-    def rate(run: dict) -> float:
-        return run["examples"] / run["seconds"]
-
-    def rss(phase: dict) -> str:
-        return f"{phase['rss_self_mib']:,.0f} / {phase['rss_tree_mib']:,.0f}"
-
+    rate = lambda run: run["examples"] / run["seconds"]  # noqa: E731
+    rss = lambda phase: f"{phase['rss_self_mib']:,.0f} / {phase['rss_tree_mib']:,.0f}"  # noqa: E731
     corpus, loader, phases = results["corpus"], results["loader"], results["dataset"]
     stream, dataloader, unzip, inflate = (phases[k] for k in ("stream", "stream_dataloader", "unzip", "inflate"))
     warm, loaded, cores = median_run(stream["warm"]), median_run(dataloader["warm"]), min(2, os.cpu_count() or 1)
@@ -209,7 +198,7 @@ def format_section(results: dict, argv: list[str]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     from kspon_dataset.sample_corpus import write_corpus
     from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper  # tools/ is not installed
 
@@ -245,7 +234,6 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[loader] {audio_mode}, {n_mels} mels, {workers} workers", flush=True)
             results["loader"].append(spec | run_fresh("data_pipeline", "loader", spec, env))
     publish(format_section(results, argv), args.write_results)
-    return results
 
 
 if __name__ == "__main__":

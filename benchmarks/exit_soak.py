@@ -1,19 +1,15 @@
 """How often does a two-process CPU (gloo) training run fail to exit? The same short training, N times.
 
-    python benchmarks/exit_soak.py --runs 20   # ~15 min on 2 cores
-
-Two CPU processes train a tiny random Whisper on a 60-utterance corpus, streaming and map-style in turn. A run past
---timeout_s is a hang: its tree gets SIGABRT (Python prints every thread's stack into the log), then SIGKILL.
+python benchmarks/exit_soak.py --runs 20   # ~15 min on 2 cores
 """
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmarks/exit_soak.py`
 
-from benchmarks.harness import machine_line, offline_env, run_process
+from benchmarks.harness import arguments, machine_line, offline_env, run_process
 from kspon_dataset.sample_corpus import write_corpus
 from kspon_whisper.random_whisper import save_random_whisper
 from tools.offline_whisper import DEFAULT_OUTPUT_DIR, build_offline_whisper
@@ -30,9 +26,9 @@ DATA_ARGS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--timeout_s", type=float, default=240.0, help="the two-process test's own timeout")
+    parser.add_argument("--timeout_s", type=float, default=240.0, help="a run past it hung: SIGABRT (stacks), SIGKILL")
     args = parser.parse_args(argv)
     modes = list(DATA_ARGS)  # in turn
     print(f"{args.runs} two-process runs ({', '.join(modes)})\n{machine_line('accelerate')}", flush=True)

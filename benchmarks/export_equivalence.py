@@ -1,10 +1,7 @@
 """Does the faster-whisper export transcribe like the Transformers model it came from, and how fast is it?
 
-    python benchmarks/export_equivalence.py --write_results          # Whisper base, 21 clips, ~10 min on 2 cores
-    python benchmarks/export_equivalence.py --model_dir runs/ko-large-v3 --splits eval_clean --data_dir /data/Kspon
-
-Each quantization decodes every clip (greedy, one at a time) in CTranslate2 on Transformers' log-mel and prompt, and
-in faster-whisper on the audio (padded to 30 s, and as is), compared with Transformers in float32.
+python benchmarks/export_equivalence.py --write_results          # Whisper base, 21 clips, ~10 min on 2 cores
+python benchmarks/export_equivalence.py --model_dir runs/ko-large-v3 --splits eval_clean --data_dir /data/Kspon
 """
 
 import sys
@@ -45,25 +42,13 @@ class Decoded:
     seconds: float
 
 
-def read_clips(data_dir: Path, splits: list[str]) -> list[tuple[np.ndarray, str]]:
-    """(float32 audio, reference) of tests/data's WAVs, then of the corpus's clips in `splits`."""
-    wavs = [(read_audio(REPO / "tests" / "data" / f"{name}.wav"), text) for name, text in WAV_CLIPS.items()]
-    return wavs + [(to_dtype(pcm, "float32"), text) for text, pcm in sample_clips(splits, data_dir=data_dir).values()]
-
-
-def prompt_ids(processor: WhisperProcessor) -> list[int]:
-    tokens = ["<|startoftranscript|>", f"<|{LANGUAGE}|>", f"<|{TASK}|>", "<|notimestamps|>"]
-    return processor.tokenizer.convert_tokens_to_ids(tokens)
-
-
 def features(processor: WhisperProcessor, audio: np.ndarray) -> np.ndarray:
     return processor.feature_extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features
 
 
-def hf_decode(model_dir: Path, clips: list) -> Decoded:
-    processor = WhisperProcessor.from_pretrained(model_dir)
+def hf_decode(model_dir: Path, processor: WhisperProcessor, clips: list) -> Decoded:
     model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prompt, eot = prompt_ids(processor), processor.tokenizer.eos_token_id
+    prompt, eot = processor.tokenizer.prefix_tokens, processor.tokenizer.eos_token_id
     settings = {"language": LANGUAGE, "task": TASK, "num_beams": 1, "do_sample": False}
     tokens, start = [], time.perf_counter()
     for audio, _ in clips:
@@ -78,7 +63,7 @@ def hf_decode(model_dir: Path, clips: list) -> Decoded:
 def ct2_decode(export_dir: Path, processor, clips: list, threads: int, compute_type="default") -> Decoded:
     """`ctranslate2.models.Whisper` on Transformers' log-mel and prompt: any difference is the model's."""
     model = ctranslate2.models.Whisper(str(export_dir), device="cpu", compute_type=compute_type, intra_threads=threads)
-    prompt, tokens, start = prompt_ids(processor), [], time.perf_counter()
+    prompt, tokens, start = processor.tokenizer.prefix_tokens, [], time.perf_counter()
     for audio, _ in clips:
         # suppress_blank: Transformers' begin_suppress_tokens; [-1]: config.json's suppress_ids, its suppress_tokens
         options = {"beam_size": 1, "max_length": len(prompt) + MAX_NEW_TOKENS, "suppress_blank": True}
@@ -89,8 +74,8 @@ def ct2_decode(export_dir: Path, processor, clips: list, threads: int, compute_t
 
 
 def faster_whisper_decode(export_dir: Path, clips: list, threads: int, pad: bool = True) -> Decoded:
-    """faster-whisper as a user calls it, the thresholds that re-decode or drop a segment off. `pad`: the audio padded
-    to 30 s, so that its log-mel equals Transformers' (to 3e-5); unpadded, faster-whisper zero-pads the log-mel."""
+    """faster-whisper as a user calls it, without the thresholds that re-decode or drop a segment. `pad`: to 30 s,
+    so that the log-mel equals Transformers' (to 3e-5); unpadded, faster-whisper zero-pads the log-mel."""
     model = WhisperModel(str(export_dir), device="cpu", compute_type="default", cpu_threads=threads)
     options = {"compression_ratio_threshold": None, "log_prob_threshold": None, "no_speech_threshold": None}
     options |= {"beam_size": 1, "temperature": 0.0, "without_timestamps": True, "max_new_tokens": MAX_NEW_TOKENS}
@@ -109,19 +94,18 @@ def _texts(processor: WhisperProcessor, tokens: list[list[int]]) -> list[str]:
     return [processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in tokens]
 
 
-def summary(decoded: Decoded, clips: list) -> list:
-    """CER against the references, loops, tokens."""
+def summary(decoded: Decoded, clips: list) -> list:  # CER against the references, loops, tokens
     references, texts = [reference for _, reference in clips], decoded.texts
     loops = sum(loop_reason(ref, hyp) is not None for ref, hyp in zip(references, texts, strict=True))
     return [f"{score(references, texts)['cer']:.3f}", loops, sum(map(len, decoded.tokens))]
 
 
-def run(model_dir: Path, clips: list, quantizations: list[str], threads: int, workdir: Path) -> tuple:
-    """Transformers' decode (the reference), and a table row per export and decoder."""
+def run(model_dir: Path, clips: list, threads: int, workdir: Path) -> tuple:
     torch.set_num_threads(threads)
     processor = WhisperProcessor.from_pretrained(model_dir)
-    hf, rows = hf_decode(model_dir, clips), []
-    for quantization in quantizations:
+    processor.tokenizer.set_prefix_tokens(language=LANGUAGE, task=TASK, predict_timestamps=False)  # the prompt
+    hf, rows = hf_decode(model_dir, processor, clips), []
+    for quantization in QUANTIZATIONS:
         start = time.perf_counter()
         export_dir = export_ct2(model_dir, workdir / f"ct2-{quantization}", quantization, overwrite=True)
         export_s, mib = time.perf_counter() - start, sum(path.stat().st_size for path in export_dir.iterdir()) / 2**20
@@ -161,12 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model_dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="default: the offline base")
     parser.add_argument("--data_dir", type=Path, default=SAMPLE)
     parser.add_argument("--splits", nargs="+", default=["validation", "test"])
-    parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS), choices=QUANTIZATIONS)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    clips = read_clips(args.data_dir, args.splits)
+    wavs = [(read_audio(REPO / "tests" / "data" / f"{name}.wav"), text) for name, text in WAV_CLIPS.items()]
+    corpus = sample_clips(args.splits, data_dir=args.data_dir).values()
+    clips = wavs + [(to_dtype(pcm, "float32"), text) for text, pcm in corpus]  # (float32 audio, reference)
     with tempfile.TemporaryDirectory(prefix="export_equivalence-") as workdir:
-        hf, rows = run(args.model_dir, clips, args.quantizations, args.threads, Path(workdir))
+        hf, rows = run(args.model_dir, clips, args.threads, Path(workdir))
     publish(format_section(hf, rows, clips, args, argv), args.write_results)
 
 

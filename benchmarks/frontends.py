@@ -1,10 +1,7 @@
 """Does the fine-tuned model decode as well in faster-whisper, on audio as users give it, as in Transformers?
 
-    python benchmarks/frontends.py --write_results                            # the demo at seeds 42, 1, 2
-    python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
-
-For each --feature_padding_probability and --seed, the demo's fine-tune (~15-20 min; reused when done), exported to
-float16 and int8, decodes the 26 held-out clips in faster-whisper as its README calls it, against the trainer's own.
+python benchmarks/frontends.py --write_results   # the demo at seeds 42, 1, 2 (~15-20 min each; reused when done)
+python benchmarks/frontends.py --probabilities 0 0.5 --seeds 42 --write_results
 """
 
 import json
@@ -35,7 +32,6 @@ SPLITS = ("test", "eval_clean")
 
 
 def transformers_texts(output_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """References and the trainer's hypotheses by id, from its predictions_<split>.jsonl."""
     lines = [line for name in SPLITS for line in (output_dir / f"predictions_{name}.jsonl").read_text().splitlines()]
     records = [json.loads(line) for line in lines]
     return {r["id"]: r["reference"] for r in records}, {r["id"]: r["hypothesis"] for r in records}
@@ -77,8 +73,7 @@ def measure(output_dir: Path, clips) -> list[dict]:
 
 
 def front_end_cost(probabilities=(0.0, 0.5, 1.0), batch_size: int = 16, repeats: int = 5) -> dict[float, float]:
-    """Milliseconds (best of `repeats`, one thread) for the 128-mel log-mels of a batch of 0.5-12 s clips with a share
-    of its rows feature-padded (their STFT covers the clip alone, not 30 s)."""
+    """Milliseconds (best of `repeats`, one thread) for 128-mel log-mels of 0.5-12 s clips, a share feature-padded."""
     torch.set_num_threads(1)
     extractor = WhisperFeatureExtractor(feature_size=128)
     inputs = DeviceInputs(SimpleNamespace(feature_extractor=extractor), torch.device("cpu"))
@@ -111,7 +106,7 @@ def format_section(results: list[dict], argv: list[str] | None) -> str:
     return "\n".join([*lines, "", markdown_table(header, table), "", cost, ""])
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, SECTION)
     parser.add_argument("--probabilities", type=float, nargs="+", default=[0.5], help="--feature_padding_probability")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
@@ -131,7 +126,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append({"probability": probability, "seed": seed, "rows": rows})
             print(json.dumps(results[-1], ensure_ascii=False), f"({time.perf_counter() - start:.0f} s)", flush=True)
     publish(format_section(results, argv), args.write_results)
-    return results
 
 
 if __name__ == "__main__":

@@ -1,10 +1,7 @@
 """Full-scale check of the data path: KsponSpeech's real member count, measured the way the trainer reads it.
 
-    python benchmarks/full_scale.py --write_results                        # 622,545 utterances, ~15 min on 2 cores
-    python benchmarks/full_scale.py --folders 12 --per_folder 40 --eval_utterances 60 --examples_per_rank 0  # ~1 min
-
-On tools/full_corpus.py's corpus (kept in --workdir), each in a fresh process: index time and memory, the first batch,
-a validation pass, reads per example at world size 1 and 8, batch diversity, split shares (tests/test_data_order.py).
+python benchmarks/full_scale.py --write_results                        # 622,545 utterances, ~15 min on 2 cores
+python benchmarks/full_scale.py --folders 12 --per_folder 40 --eval_utterances 60 --examples_per_rank 0  # ~1 min
 """
 
 import itertools
@@ -61,7 +58,6 @@ def phase_index(spec: dict) -> dict:
 
 
 def phase_first_batch(spec: dict) -> dict:
-    """The trainer's streaming path from a fresh process: imports, load_splits, make_dataloader, first batch."""
     import psutil
 
     start = time.perf_counter()
@@ -81,8 +77,7 @@ def phase_first_batch(spec: dict) -> dict:
 def phase_validation_pass(spec: dict) -> dict:
     from kspon_whisper.data import PassCounter
 
-    # what `PassCounter.line` asks of an Accelerator, for one process
-    one_process = SimpleNamespace(device="cpu", reduce=lambda tensor, reduction: tensor)
+    one_process = SimpleNamespace(device="cpu", reduce=lambda tensor, reduction: tensor)  # for PassCounter.line
     split = load(spec["corpus"])["validation"]
     counter, examples, rss, start = PassCounter(split), 0, [(0, harness.proc_mib())], time.perf_counter()
     for batch in counter.counted(train_loader(split, 0, 1, 0, shuffle=False)):
@@ -126,7 +121,6 @@ def phase_loaders(spec: dict) -> dict:
 
 
 def phase_splits(spec: dict) -> dict:
-    """Each split's index-level tally under each scheme, and how many folders have utterances in several splits."""
     from kspon_dataset import KsponSpeech
     from kspon_dataset.corpus import index_source
 
@@ -147,7 +141,6 @@ def phase_splits(spec: dict) -> dict:
 
 
 def format_section(after: dict, info: dict, argv: list[str] | None) -> str:
-    """The corpus, then measure | after | target, one row per number the issue asks for, then the validation pass."""
     cold, warm, loaders, splits = after["index_cold"], after["index_warm"], after["loaders"], after["splits"]
     first = {label: after[f"first_batch_{label}"] for label in ("cold", "warm")}
     ranks = {ws: loaders[f"world_{ws}"] for ws in (1, 8)}
@@ -165,13 +158,12 @@ def format_section(after: dict, info: dict, argv: list[str] | None) -> str:
         return " / ".join(f"{n / max(1, sum(seen)):.1%}" for n in seen)
 
     parts = "{import_s:.1f} / {load_splits_s:.1f} / {first_batch_s:.1f}".format(**first["warm"])
-    index_mib = (
-        f"{cold['grown']:,.0f} cold, {warm['grown']:,.0f} memory-mapped ({cold['index_mib']:.0f} MiB of arrays)"
-    )
     rows = [
         ["index the five training ZIPs, s per process",
          f"{cold['seconds']:.1f} cold, {warm['seconds']:.2f} memory-mapped", "-"],
-        ["RSS the index adds to a process, MiB", index_mib, "<= 150"],
+        ["RSS the index adds to a process, MiB",
+         f"{cold['grown']:,.0f} cold, {warm['grown']:,.0f} memory-mapped ({cold['index_mib']:.0f} MiB of arrays)",
+         "<= 150"],
         ["peak RSS of that process, MiB", f"{cold['peak']:,.0f} cold, {warm['peak']:,.0f} memory-mapped", "-"],
         ["first batch of the training loader in a fresh process, s", "{:.1f} cold, {:.1f} warm".format(
             first["cold"]["seconds"], first["warm"]["seconds"]), "< 30"],
@@ -214,8 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write every measured number here")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
-    warnings = "ignore::FutureWarning,ignore::UserWarning"
-    env = harness.offline_env(workdir, KSPON_INDEX_CACHE=str(workdir / "index_cache"), PYTHONWARNINGS=warnings)
+    env = harness.offline_env(workdir, KSPON_INDEX_CACHE=str(workdir / "index_cache"))
     info = ensure_corpus(workdir, args.folders, args.per_folder, args.eval_utterances)  # kept for the next run
     spec, after = {"corpus": str(workdir / "corpus"), "examples_per_rank": args.examples_per_rank}, {}
     runs = [(phase, label) for phase in ("index", "first_batch") for label in ("_cold", "_warm")]

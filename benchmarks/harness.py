@@ -53,10 +53,11 @@ def section_head(heading: str, script: str, argv: list[str] | None, *packages: s
     return f"{heading}\n\n- Command: `{command.strip()}`\n{machine_line(*packages, device=device)}\n"
 
 
-def arguments(doc: str, section: str) -> argparse.ArgumentParser:
+def arguments(doc: str, section: str | None = None) -> argparse.ArgumentParser:
     """A benchmark's options: its docstring (the runbook) as --help, and --write_results for its RESULTS.md section."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write_results", action="store_true", help=f"update the '{section}' section of RESULTS.md")
+    if section:  # a section written by hand has no --write_results
+        parser.add_argument("--write_results", action="store_true", help=f"update RESULTS.md's '{section}'")
     return parser
 
 

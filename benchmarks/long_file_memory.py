@@ -2,8 +2,7 @@
 
     python benchmarks/long_file_memory.py --minutes 30 --write_results   # ~2 min on 2 cores, 320 MB of /tmp
 
-`transcribe.py` with a 2-layer random Whisper and 4 new tokens per window (so the audio path is what is measured) on
-noise files of `--minutes` and of 12 s, each in its own process (peak RSS by `wait4`); `read_audio` in tracemalloc.
+`transcribe.py` with a 2-layer random Whisper and 4 new tokens per window, so that the audio path is what is measured.
 """
 
 import os
@@ -29,8 +28,7 @@ SOURCE_RATE = 44_100
 
 
 def transcribe_peak(model_dir: Path, audio: Path, seconds: int) -> tuple[float, float]:
-    """(peak resident MB, seconds) of one transcribe.py process on `seconds` of quiet stereo noise, written a second
-    at a time (the benchmark itself must not hold the file)."""
+    """(peak resident MiB, seconds) of transcribe.py on `seconds` of stereo noise, written a second at a time."""
     rng = np.random.default_rng(0)
     with soundfile.SoundFile(audio, "w", SOURCE_RATE, 2, subtype="PCM_16") as f:
         for _ in range(seconds):

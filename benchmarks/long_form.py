@@ -1,9 +1,6 @@
 """Long-form transcription on a minute of known speech: Whisper's sequential decoding against each clip alone.
 
-    OMP_NUM_THREADS=1 python benchmarks/long_form.py --write_results   # ~4 min on a busy 2-core CPU
-
-tools/sample_audio.py's 24 clips (one across 30 s) through Whisper base: each alone, then the file in long form with
-the default fallbacks and with those this voice trips off; CER, and the straddling clip's text in each transcript.
+OMP_NUM_THREADS=1 python benchmarks/long_form.py --write_results   # ~4 min on a busy 2-core CPU
 """
 
 import sys

@@ -1,11 +1,10 @@
 """The `## GPU check: the training loop` section of RESULTS.md, from a gpu_check.sh loop run's log and outputs."""
 
-import argparse
 import json
 import re
 from pathlib import Path
 
-from benchmarks.harness import machine_line, write_section
+from benchmarks.harness import arguments, machine_line, write_section
 from benchmarks.train_throughput import device
 
 HEADING = "## GPU check: the training loop"
@@ -32,7 +31,7 @@ def section(loop_dir: Path, log: str, seconds: int, config: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__)
     parser.add_argument("--loop_dir", type=Path, required=True, help="the loop run's --output_dir")
     parser.add_argument("--log", type=Path, required=True, help="its combined stdout/stderr")
     parser.add_argument("--seconds", type=int, required=True, help="wall time of the launch")

@@ -1,15 +1,12 @@
 """Training memory of Whisper large-v3, full fine-tuning against LoRA: arithmetic and counts, no GPU involved.
 
-    python benchmarks/lora_memory.py --write_results
-
-Parameters from the config on the meta device; activations from what autograd saves in a bf16 forward of one layer per
-stack at batch 1 and 2, times 32 (checkpointed: estimated); then the largest batch for 24, 48 and 80 GB cards.
+python benchmarks/lora_memory.py --write_results
 """
 
 import functools
 import itertools
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +82,7 @@ def saved_bytes(setup: Setup, batch: int, label_tokens: int) -> tuple[dict[tuple
     seen, tally, kept = set(), defaultdict(int), []
 
     def pack(tensor: torch.Tensor) -> None:
-        # Kept alive so that no address is reused while counting, but detached: the graph holds this hook, and a
-        # saved output holding its grad_fn would make a cycle through C++ that no collector frees. No backward runs.
+        # Kept alive so that no address is reused, but detached: a saved grad_fn would make a C++ cycle, never freed.
         kept.append(tensor.detach())
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in seen | parameter_storage:
@@ -110,27 +106,22 @@ def activation_bytes(setup: Setup, label_tokens: int) -> dict[str, float]:
     """Per-sample and per-step saved bytes of the whole 32 + 32-layer model, with and without checkpointing."""
     layers = ARCHITECTURES["large-v3"].encoder_layers  # = decoder layers
     (one, inputs), (two, _) = (saved_bytes(setup, batch, label_tokens) for batch in (1, 2))
-    per_sample = {key: two[key] - one[key] for key in one.keys() | two.keys()}
-    per_step = {key: one[key] - per_sample[key] for key in per_sample}
-
-    def part(counts, region, kind="activations"):
-        return counts.get((region, kind), 0)
-
-    layer_sample = {r: part(per_sample, r) for r in ("encoder layer", "decoder layer")}
-    copies = {r: part(per_step, r, "weight copies") + part(per_sample, r, "weight copies") for r in layer_sample}
-    outside = part(per_sample, "outside the layers")
+    per_sample = Counter({key: two[key] - one[key] for key in one.keys() | two.keys()})  # missing keys count 0
+    per_step = Counter({key: one[key] - per_sample[key] for key in per_sample})
+    layer_sample = {r: per_sample[r, "activations"] for r in ("encoder layer", "decoder layer")}
+    copies = {r: per_step[r, "weight copies"] + per_sample[r, "weight copies"] for r in layer_sample}
+    outside = per_sample["outside the layers", "activations"]
     no_checkpointing = layers * sum(layer_sample.values()) + outside
     # Checkpointed: every layer keeps its input; the encoder output is one tensor all decoder layers share (counted
     # in `outside`); in backward one layer at a time is recomputed, holding its saved set and, about as large, the
     # gradients flowing through it.
     checkpointed = layers * sum(inputs.values()) + outside + 2 * max(layer_sample.values())
-    all_copies = layers * sum(copies.values()) + part(per_step, "outside the layers", "weight copies")
+    all_copies = layers * sum(copies.values()) + per_step["outside the layers", "weight copies"]
     return {
         "per_sample": no_checkpointing,
         "per_sample_checkpointed": checkpointed,
-        # Full fine-tuning: autocast caches a bf16 copy of every trainable weight for the whole forward, and without
-        # checkpointing autograd keeps them to backward. Frozen weights are cast per use: with LoRA and
-        # checkpointing only the recomputed layer's copies are alive.
+        # autocast caches a bf16 copy of every trainable weight for the forward; frozen ones are cast per use, so with
+        # LoRA and checkpointing only the recomputed layer's copies are alive.
         "copies": all_copies,
         "copies_checkpointed": all_copies if not setup.rank else max(copies.values()),
     }

@@ -2,13 +2,9 @@
 
     python benchmarks/startup_checks.py --write_results   # writes the full-size corpus first (~5 min), then ~1 min
 
-The corpus is tools/full_corpus.py's: 7 ZIPs, 622,545 utterances in AI Hub's layout, zero-valued audio. The checks
-run as the trainer calls them, on one process (across machines the collectives add a few hundred bytes per rank), in
-a fresh process: cold (the archives dropped from the page cache, so the central directories come from the disk) and
-warm.
+On tools/full_corpus.py's corpus, as the trainer calls them, on one process (across machines the collectives add a
+few hundred bytes per rank), in a fresh process: cold (the archives dropped from the page cache) and warm.
 """
-
-from __future__ import annotations
 
 import os
 import statistics
@@ -32,7 +28,6 @@ ROWS = {
 
 
 def phase_checks(spec: dict) -> dict:
-    """Seconds per repeat of `check_machines_agree`, cold then warm, and of the fingerprint alone."""
     from accelerate import Accelerator
 
     from kspon_dataset.corpus import corpus_fingerprint

@@ -4,9 +4,8 @@
     python benchmarks/train_throughput.py --model test --steps 4 --warmup 1         # CPU smoke test, seconds
     python benchmarks/train_throughput.py --batch_size 48,32,16 --checkpointed_batch_size 128,96  # largest that fits
 
-A random Whisper on sample clips joined to 30-60 label tokens. A: `train_accelerate.training_step`, fused AdamW, bf16,
-log-mel on the device, with and without checkpointing. B: `Seq2SeqTrainer`, batch 4 x 4, bf16, checkpointing, log-mel
-precomputed. Samples/s: the median over windows after warm-up; MFU from kspon_whisper/flops.py.
+A random Whisper on sample clips. A: `train_accelerate.training_step` (fused AdamW, bf16, log-mel on the device); B:
+the blog's `Seq2SeqTrainer` (batch 4 x 4, bf16, checkpointing). Samples/s: the median window after warm-up.
 """
 
 import gc
@@ -86,7 +85,6 @@ def synchronize() -> None:
 
 
 def result(name: str, batch: int, ckpt: bool, rate: float, model, examples: list[dict], note: str = "") -> list:
-    """One table row: configuration, batch, checkpointing, samples/s, MFU, peak GPU GiB, note."""
     peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device()), None)
     label_tokens = round(statistics.mean(len(e["labels"]) - 1 for e in examples))
     utilisation = mfu(rate, whisper_training_flops(model.config, label_tokens, ckpt), peak) if peak else None
@@ -141,7 +139,6 @@ class _StepTimer(TrainerCallback):
 
 
 def run_blog(args, examples, extractor) -> list:
-    """The blog's setup: HF Trainer, batch 4 x accumulation 4, bf16, checkpointing, 1 worker, features precomputed."""
     features = extractor([to_dtype(e["audio"], "float32") for e in examples], sampling_rate=SAMPLE_RATE).input_features
     train_set = [{"input_features": f, "labels": e["labels"]} for f, e in zip(features, examples, strict=True)]
     model, timer = random_model(args.model, gradient_checkpointing=True), _StepTimer()
@@ -176,7 +173,7 @@ def device() -> str:
     return f"device {torch.cuda.get_device_name() if CUDA else 'CPU'}"
 
 
-def main(argv: list[str] | None = None) -> list[list]:
+def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, SECTION)
     parser.add_argument("--model", default="large-v3", help="large-v3, large-v3-turbo, small, tiny or test")
     sizes = lambda text: sorted(map(int, text.split(",")), reverse=True)  # noqa: E731
@@ -215,7 +212,6 @@ def main(argv: list[str] | None = None) -> list[list]:
     ]
     lines.append("- The blog reported 4.779 samples/s for configuration B on one H100 80GB.")
     publish("\n".join(lines) + "\n", args.write_results, args.results)
-    return rows
 
 
 if __name__ == "__main__":
