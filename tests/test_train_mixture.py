@@ -27,7 +27,7 @@ from kspon_whisper.data import (
     source_of,
     speech_batcher,
 )
-from kspon_whisper.extra_data import load_speech_set, speech_sets
+from kspon_whisper.extra_data import load_speech_set, plain_transcript, speech_sets
 from tests.processes import run_command, run_ok
 from tests.speech_sets import clips, write_audiofolder, write_parquet
 
@@ -87,11 +87,16 @@ def test_a_pass_draws_each_source_by_its_weight(mixed):
 
 def test_realised_shares_over_20_epochs_of_batches_match_the_weights(mixed, batcher):
     train = loader(mixed, batcher)
-    totals, first_halves = Counter(), Counter()
+    totals, first_halves, drawn = Counter(), Counter(), set()
     for epoch in range(20):
         ids = pass_ids(train, epoch)
         totals.update(source_of(uid) for uid in ids)
         first_halves.update(source_of(uid) for uid in ids[: len(ids) // 2])
+        drawn.update(ids)
+    for label, split in mixed.others.items():  # each pass draws a fresh sample of a set, not always its first rows
+        texts = split.data.dataset[split.data.spec.text_column]
+        readable = {f"{label}/{row:07d}" for row, text in enumerate(texts) if plain_transcript(text)}
+        assert {uid for uid in drawn if source_of(uid) == label} == readable, label
     for counts, tolerance in ((totals, 0.03), (first_halves, 0.05)):  # interleaved, not one source after another
         shares = {source: n / sum(counts.values()) for source, n in counts.items()}
         assert shares.keys() == WEIGHTS.keys()
