@@ -174,6 +174,7 @@ class MixedSplit:
 
     def __init__(self, primary: Split, others: dict[str, Split], weights: list[float], seed: int):
         self.primary, self.others, self.seed = primary, others, seed
+        self.other_splits = list(others.values())  # by source number, for `read`
         primary_weight = 1 - sum(weights)
         self.draws = [round(len(primary) * weight / primary_weight) for weight in weights]
         self.starts = np.cumsum([len(primary), *self.draws])  # first code after each source
@@ -190,7 +191,7 @@ class MixedSplit:
     def epoch_rows(self, epoch: int) -> list[np.ndarray]:
         """Each other set's rows drawn in this epoch, in code order: a function of (seed, epoch) alone."""
         rows = []
-        for index, (split, wanted) in enumerate(zip(self.others.values(), self.draws, strict=True)):
+        for index, (split, wanted) in enumerate(zip(self.other_splits, self.draws, strict=True)):
             rng = np.random.default_rng([self.seed, epoch, index + 1])
             rows.append(np.concatenate([rng.permutation(len(split)) for _ in range(-(-wanted // len(split)))]))
         return [drawn[:wanted] for drawn, wanted in zip(rows, self.draws, strict=True)]
@@ -200,7 +201,7 @@ class MixedSplit:
         if source == 0:
             return read_row(self.primary, code)
         row = epoch_rows[source - 1][code - self.starts[source - 1]]
-        return read_row(list(self.others.values())[source - 1], int(row))
+        return read_row(self.other_splits[source - 1], int(row))
 
 
 def source_of(uid: str) -> str:
